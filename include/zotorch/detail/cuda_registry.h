@@ -1,0 +1,26 @@
+// The bridge between host code compiled by any C++ compiler and the CUDA kernels, which only
+// nvcc can compile: share/zotorch/cuda_kernels.cu fills this table once per program.
+#pragma once
+
+#include <zotorch/detail/sweep.h>
+
+namespace zotorch {
+namespace detail {
+
+/// Entry points of the CUDA backend; null until a program links the kernels.
+struct CudaBackend {
+  /// Runs one sweep over every tensor of the table (all on the current CUDA device) on the
+  /// current stream, without host synchronisation.
+  void (*sweep)(const ParamTable& table, const SweepPlan& plan) = nullptr;
+};
+
+/// The one registry of the program (an inline function's static is shared by all translation units).
+inline CudaBackend& cuda_backend() {
+  static CudaBackend backend;
+  return backend;
+}
+
+inline bool cuda_kernels_available() { return cuda_backend().sweep != nullptr; }
+
+}  // namespace detail
+}  // namespace zotorch

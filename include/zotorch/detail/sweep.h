@@ -1,0 +1,191 @@
+// The one fused operation every optimizer step is made of (design.md "The one fused operation"):
+//   θ[j] ← round( keep_g·θ[j] + Σ_k (alpha_k + lr_g·beta_k)·z_k[j]  [ − lr_g·scale·m[j]/(√v[j] + stab) ] )
+// with m = Σ_k m_weight_k·z_k and v = Σ_k v_weight_k·z_k² for the adaptive (AdaMeZO) variant.
+// This file holds the plan both backends execute and the element-level arithmetic they share.
+#pragma once
+
+#include <zotorch/detail/philox.h>
+#include <zotorch/distribution.h>
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace zotorch {
+namespace detail {
+
+/// Limits of one sweep; they keep the plan a fixed-size value that fits in CUDA kernel arguments.
+constexpr int kMaxTerms = 64;
+constexpr int kMaxGroups = 64;
+
+/// One direction z_k = z(key, tensor_id, probe, ·) and its weights in the sweep.
+struct SweepTerm {
+  uint64_t key = 0;
+  uint32_t probe = 0;
+  double alpha = 0;     ///< coefficient applied as is (perturb / restore by ±eps)
+  double beta = 0;      ///< coefficient multiplied by the group's lr (the update)
+  double m_weight = 0;  ///< adaptive variant: weight in the first moment m
+  double v_weight = 0;  ///< adaptive variant: weight in the second moment v
+};
+
+/// Per param group scalars: the group's lr and keep = 1 − lr·weight_decay (decoupled decay).
+struct GroupScalars {
+  double lr = 0;
+  double keep = 1;
+};
+
+/// Everything one sweep needs besides the tensors. Plain data, copied by value into kernels.
+struct SweepPlan {
+  Distribution distribution = Distribution::Gaussian;
+  int32_t num_terms = 0;
+  int32_t num_groups = 1;
+  bool adaptive = false;
+  double adaptive_scale = 0;  ///< AdaMeZO's `scale`
+  double adaptive_stab = 0;   ///< AdaMeZO's `stab`
+  bool stochastic_rounding = false;
+  uint64_t rounding_key = 0;
+  SweepTerm terms[kMaxTerms];
+  GroupScalars groups[kMaxGroups];
+
+  SweepPlan& add_term(const SweepTerm& term) {
+    TORCH_CHECK(num_terms < kMaxTerms, "zotorch: a sweep holds at most ", kMaxTerms,
+                " directions; reduce num_perturbations / num_samples / window");
+    terms[num_terms++] = term;
+    return *this;
+  }
+};
+
+/// One trainable tensor as the sweep sees it.
+struct ParamEntry {
+  at::Tensor tensor;
+  uint32_t tensor_id = 0;  ///< index in the optimizer's flattened param list: part of the noise counter
+  int32_t group = 0;       ///< index into SweepPlan::groups
+};
+
+/// The parameter list of one optimizer, with the per-backend caches derived from it.
+struct ParamTable {
+  std::vector<ParamEntry> entries;
+  /// Opaque state of the CUDA backend (the device-resident copy of this table).
+  mutable std::shared_ptr<void> cuda_cache;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Element types. Each storage type says how it widens to the arithmetic type and rounds back;
+// conversions are integer-only so both backends round identically.
+
+struct Float32Storage {
+  using storage = float;
+  using acc = float;
+  static constexpr bool is_16_bit = false;
+  ZOTORCH_HD static acc widen(storage x) { return x; }
+  ZOTORCH_HD static storage narrow(acc x) { return x; }
+};
+
+struct Float64Storage {
+  using storage = double;
+  using acc = double;
+  static constexpr bool is_16_bit = false;
+  ZOTORCH_HD static acc widen(storage x) { return x; }
+  ZOTORCH_HD static storage narrow(acc x) { return x; }
+};
+
+struct BFloat16Storage {
+  using storage = uint16_t;
+  using acc = float;
+  static constexpr bool is_16_bit = true;
+  ZOTORCH_HD static float widen(uint16_t x) { return bit_cast<float>(static_cast<uint32_t>(x) << 16); }
+  /// Round to nearest even; NaN stays NaN.
+  ZOTORCH_HD static uint16_t narrow(float x) {
+    const uint32_t bits = bit_cast<uint32_t>(x);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
+    return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+  }
+};
+
+struct Float16Storage {
+  using storage = uint16_t;
+  using acc = float;
+  static constexpr bool is_16_bit = true;
+  ZOTORCH_HD static float widen(uint16_t h) {
+    const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1Fu;
+    const uint32_t mantissa = h & 0x3FFu;
+    if (exponent == 0x1F) return bit_cast<float>(sign | 0x7F800000u | (mantissa << 13));
+    if (exponent == 0) {  // zero or subnormal: mantissa·2^-24, exact in float
+      const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
+      return bit_cast<float>(sign | bit_cast<uint32_t>(magnitude));
+    }
+    return bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  }
+  /// Round to nearest even, with overflow to ±inf and gradual underflow.
+  ZOTORCH_HD static uint16_t narrow(float x) {
+    const uint32_t bits = bit_cast<uint32_t>(x);
+    const uint32_t sign = (bits >> 16) & 0x8000u;
+    const uint32_t magnitude = bits & 0x7FFFFFFFu;
+    if (magnitude >= 0x7F800000u) return static_cast<uint16_t>(sign | (magnitude > 0x7F800000u ? 0x7E00u : 0x7C00u));
+    if (magnitude >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // ≥ 65520 rounds to inf
+    if (magnitude < 0x38800000u) {                                                // below 2^-14: subnormal
+      if (magnitude < 0x33000000u) return static_cast<uint16_t>(sign);            // ≤ 2^-25 rounds to 0
+      const uint32_t shift = 126u - (magnitude >> 23);
+      const uint32_t full = (magnitude & 0x7FFFFFu) | 0x800000u;
+      uint32_t rounded = full >> shift;
+      const uint32_t rest = full & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+      rounded += (rest > halfway || (rest == halfway && (rounded & 1u))) ? 1u : 0u;
+      return static_cast<uint16_t>(sign | rounded);
+    }
+    const uint32_t rebased = magnitude - 0x38000000u;
+    return static_cast<uint16_t>(sign | ((rebased + 0xFFFu + ((rebased >> 13) & 1u)) >> 13));
+  }
+};
+
+/// Stochastic rounding of x to a 16-bit type: the neighbour on the far side is taken with
+/// probability equal to the distance to it in units of their gap, so E[widen(result)] = x.
+/// `uniform` is in [0, 1) from the reserved rounding probe.
+template <class Storage>
+ZOTORCH_HD uint16_t narrow_stochastic(float x, float uniform) {
+  const uint16_t nearest = Storage::narrow(x);
+  const float nearest_value = Storage::widen(nearest);
+  if (nearest_value == x || !(x - x == 0.0f)) return nearest;  // exact, or inf/nan
+  uint16_t other;
+  if (nearest_value == 0.0f) {
+    other = x > 0.0f ? uint16_t{0x0001} : uint16_t{0x8001};
+  } else {
+    const bool away_from_zero = (x > nearest_value) == (nearest_value > 0.0f);
+    other = static_cast<uint16_t>(away_from_zero ? nearest + 1 : nearest - 1);
+  }
+  const float other_value = Storage::widen(other);
+  const float probability = (x - nearest_value) / (other_value - nearest_value);  // exact operands
+  return uniform < probability ? other : nearest;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-element arithmetic shared by both backends, in the order both must follow.
+
+/// s ← s + c·z for a Rademacher z given as its sign mask (exact product).
+template <class A>
+ZOTORCH_HD A accumulate_sign(A s, A c, uint32_t sign_mask) {
+  return add(s, signed_coefficient(c, sign_mask));
+}
+
+/// s ← s + c·z for a Gaussian z.
+template <class A>
+ZOTORCH_HD A accumulate_value(A s, A c, float z) {
+  return add(s, mul(c, static_cast<A>(z)));
+}
+
+/// The new value before rounding: keep·x + s, then the adaptive correction when present.
+template <class A>
+ZOTORCH_HD A linear_update(A keep, A x, A s) {
+  return add(mul(keep, x), s);
+}
+ZOTORCH_HD float square_root(float x) { return sqrtf(x); }
+ZOTORCH_HD double square_root(double x) { return sqrt(x); }
+template <class A>
+ZOTORCH_HD A adaptive_update(A keep, A x, A s, A m, A v, A step, A stab) {
+  return sub(linear_update(keep, x, s), mul(step, m / add(square_root(v), stab)));
+}
+
+}  // namespace detail
+}  // namespace zotorch
