@@ -1,0 +1,498 @@
+// The step engine all zeroth-order optimizers share (design.md "zo_optimizer.h"): closure calls and
+// forward-pass counting, the parameter table, the exception-safe perturbation scope, the step
+// report, the non-finite policy and exception-safe save/load. Each method supplies only its pseudo-code.
+#pragma once
+
+#include <zotorch/detail/compat.h>
+#include <zotorch/detail/dispatch.h>
+#include <zotorch/noise.h>
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <torch/optim/serialize.h>
+#include <torch/ordered_dict.h>
+#include <torch/serialize/archive.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+namespace zotorch {
+
+/// What step() does when the closure returns NaN or ±inf.
+enum class NonFinite : int64_t {
+  Skip = 0,   ///< restore the parameters, count the step in skipped_steps() and go on
+  Throw = 1,  ///< restore the parameters, leave the optimizer state unchanged and throw c10::Error
+};
+
+/// What happened in the last call of step(): enough to replay or audit it.
+struct StepReport {
+  /// Direction i of this step is zotorch::noise(key, tensor_id, i, ...), tensor_id = index of the
+  /// parameter in the flattened param_groups order.
+  uint64_t key = 0;
+  int64_t step = 0;  ///< index of the step in the seed's stream (0 for the first)
+  /// FZOO: l_0, l_1..l_N. MeZO/AdaMeZO: L+_1, L−_1, L+_2, L−_2, ...
+  std::vector<double> losses;
+  /// FZOO: c_i = (l_i − l_0)/(N·σ). MeZO/AdaMeZO: projected gradients g_k = (L+_k − L−_k)/(2ε).
+  std::vector<double> coefficients;
+  double loss = std::numeric_limits<double>::quiet_NaN();  ///< the value step() returned
+  bool skipped = false;      ///< the update was not applied (non-finite loss, or FZOO's σ guard)
+  int64_t forward_passes = 0;  ///< closure calls in this step
+  int64_t sweeps = 0;          ///< read-modify-write passes over all parameters in this step
+  double seconds = 0;          ///< wall time of step()
+  double closure_seconds = 0;  ///< wall time spent inside the closure (host clock)
+};
+
+/// Parameters named like biases or normalisation weights, which MeZO exempts from weight decay:
+/// names containing "bias", "layer_norm", "layernorm" or "norm" (case-insensitive).
+inline bool is_no_decay_name(const std::string& name) {
+  std::string lower(name);
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const char* marker : {"bias", "layer_norm", "layernorm", "norm"}) {
+    if (lower.find(marker) != std::string::npos) return true;
+  }
+  return false;
+}
+
+/// Splits named parameters into a decay group (options as given) and a no-decay group (same
+/// options, weight_decay 0), the LibTorch way of per-group weight decay. Empty groups are dropped.
+template <class Options>
+std::vector<torch::optim::OptimizerParamGroup> split_weight_decay(
+    const torch::OrderedDict<std::string, at::Tensor>& named_parameters, const Options& options,
+    const std::function<bool(const std::string&)>& no_decay = is_no_decay_name) {
+  std::vector<at::Tensor> decay, exempt;
+  for (const auto& item : named_parameters) {
+    (no_decay(item.key()) ? exempt : decay).push_back(item.value());
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  if (!decay.empty()) groups.emplace_back(decay, std::make_unique<Options>(options));
+  if (!exempt.empty()) groups.emplace_back(exempt, std::make_unique<Options>(Options(options).weight_decay(0)));
+  return groups;
+}
+
+namespace detail {
+
+/// Raised inside a step when a loss is not finite; step() turns it into the NonFinite policy.
+struct NonFiniteLoss {
+  size_t forward_pass;
+  double value;
+};
+
+/// One offset currently added to θ: alpha·z(step key, tensor_id, probe).
+struct Offset {
+  uint32_t probe;
+  double alpha;
+};
+
+/// The constants of the adaptive (AdaMeZO) update of a final sweep.
+struct AdaptiveUpdate {
+  double scale;
+  double stab;
+};
+
+/// Checks shared by all options; `owner` is the optimizer's name, `group` the param group index.
+template <class Options>
+void check_common_options(const Options& o, const char* owner, size_t group) {
+  TORCH_CHECK(std::isfinite(o.lr()) && o.lr() >= 0, owner, ": lr must be a finite value >= 0, got ", o.lr(),
+              " (param group ", group, ")");
+  TORCH_CHECK(std::isfinite(o.eps()) && o.eps() > 0, owner, ": eps must be a finite value > 0, got ", o.eps(),
+              " (param group ", group, "); typical values are 1e-3 for full fine-tuning, 1e-2 for LoRA");
+  TORCH_CHECK(std::isfinite(o.weight_decay()) && o.weight_decay() >= 0, owner,
+              ": weight_decay must be a finite value >= 0, got ", o.weight_decay(), " (param group ", group, ")");
+  TORCH_CHECK(o.lr() * o.weight_decay() < 1, owner, ": lr * weight_decay must be < 1, got ", o.lr() * o.weight_decay(),
+              " (param group ", group, ")");
+}
+
+/// Serialises the fields every options struct has; the method-specific ones follow in each class.
+template <class Options>
+void write_common_options(const Options& o, torch::serialize::OutputArchive& archive) {
+  archive.write("lr", c10::IValue(o.lr()));
+  archive.write("eps", c10::IValue(o.eps()));
+  archive.write("weight_decay", c10::IValue(o.weight_decay()));
+  archive.write("seed", c10::IValue(static_cast<int64_t>(o.seed())));
+  archive.write("stochastic_rounding", c10::IValue(o.stochastic_rounding()));
+  archive.write("on_nonfinite", c10::IValue(static_cast<int64_t>(o.on_nonfinite())));
+}
+
+inline c10::IValue read_field(torch::serialize::InputArchive& archive, const char* name) {
+  c10::IValue value;
+  TORCH_CHECK(archive.try_read(name, value), "zotorch: checkpoint lacks the field '", name,
+              "'; it was not written by a zotorch optimizer of this kind");
+  return value;
+}
+
+template <class Options>
+void read_common_options(Options& o, torch::serialize::InputArchive& archive) {
+  o.lr(read_field(archive, "lr").toDouble());
+  o.eps(read_field(archive, "eps").toDouble());
+  o.weight_decay(read_field(archive, "weight_decay").toDouble());
+  o.seed(static_cast<uint64_t>(read_field(archive, "seed").toInt()));
+  o.stochastic_rounding(read_field(archive, "stochastic_rounding").toBool());
+  const int64_t policy = read_field(archive, "on_nonfinite").toInt();
+  TORCH_CHECK(policy == 0 || policy == 1, "zotorch: checkpoint has an unknown on_nonfinite value ", policy);
+  o.on_nonfinite(static_cast<NonFinite>(policy));
+}
+
+/// The counters every optimizer's global state has.
+template <class State>
+void write_common_state(const State& s, torch::serialize::OutputArchive& archive) {
+  archive.write("step", c10::IValue(s.step()));
+  archive.write("forward_passes", c10::IValue(s.forward_passes()));
+  archive.write("skipped_steps", c10::IValue(s.skipped_steps()));
+}
+
+template <class State>
+void read_common_state(State& s, torch::serialize::InputArchive& archive) {
+  s.step(read_field(archive, "step").toInt());
+  s.forward_passes(read_field(archive, "forward_passes").toInt());
+  s.skipped_steps(read_field(archive, "skipped_steps").toInt());
+  TORCH_CHECK(s.step() >= 0 && s.forward_passes() >= 0 && s.skipped_steps() >= 0 && s.skipped_steps() <= s.step(),
+              "zotorch: checkpoint has inconsistent counters (step ", s.step(), ", forward_passes ",
+              s.forward_passes(), ", skipped_steps ", s.skipped_steps(), ")");
+}
+
+}  // namespace detail
+
+/// Shared engine of the zeroth-order optimizers (CRTP). `Derived` implements
+/// `void run_step(Step& step)` with the method's pseudo-code, `Distribution distribution() const`,
+/// `static void check_options(const Options&, size_t group)`, `static void check_shared_options(const Options& first,
+/// const Options& other, size_t group)`, `static constexpr const char* kName`, and optionally
+/// `void commit(ParamState&, const Step&)` and `void check_state(const ParamState&) const`.
+///
+/// The optimizer keeps no tensor state: its whole state is a few counters (and, for AdaMeZO, a
+/// window of scalars), stored like LBFGS's global state under the first parameter.
+template <class Derived, class Options, class ParamState>
+class ZerothOrderOptimizer : public torch::optim::Optimizer {
+ public:
+  using LossClosure = torch::optim::Optimizer::LossClosure;
+
+  ZerothOrderOptimizer(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, const Options& defaults)
+      : Optimizer(param_groups, std::make_unique<Options>(defaults)) {
+    Derived::check_options(defaults, 0);
+    check_all_options();
+    refresh_table();
+    global_state();
+  }
+
+  ZerothOrderOptimizer(std::vector<at::Tensor> params, const Options& defaults)
+      : ZerothOrderOptimizer(std::vector<torch::optim::OptimizerParamGroup>{torch::optim::OptimizerParamGroup(std::move(params))},
+                             defaults) {}
+
+  /// Runs one step: calls `closure` (one forward pass returning a scalar loss) as many times as
+  /// the method needs, under torch::NoGradGuard, and applies the update in place.
+  /// If the closure throws, the parameters are restored and the optimizer state is unchanged.
+  torch::Tensor step(LossClosure closure) override {
+    TORCH_CHECK(closure != nullptr, Derived::kName,
+                "::step needs a closure that runs one forward pass and returns the loss, e.g. "
+                "opt.step([&] { return torch::mse_loss(model->forward(x), y); })");
+    const auto started = std::chrono::steady_clock::now();
+    check_all_options();
+    refresh_table();
+    torch::NoGradGuard no_grad;
+    ParamState& state = global_state();
+    Step step(*this, closure, state.step());
+    try {
+      static_cast<Derived&>(*this).run_step(step);
+    } catch (const detail::NonFiniteLoss& bad) {
+      step.restore();
+      if (options_of(0).on_nonfinite() == NonFinite::Throw) {
+        TORCH_CHECK(false, Derived::kName, ": the closure returned a non-finite loss (", bad.value, ") at forward pass ",
+                    bad.forward_pass, " of step ", state.step(),
+                    "; the parameters were restored. Use on_nonfinite(zotorch::NonFinite::Skip) to skip such steps");
+      }
+      step.skip();
+    } catch (...) {
+      step.restore();
+      throw;
+    }
+    // Commit: only now does the optimizer state change.
+    state.step(state.step() + 1);
+    state.forward_passes(state.forward_passes() + step.report_.forward_passes);
+    if (step.report_.skipped) {
+      state.skipped_steps(state.skipped_steps() + 1);
+    } else {
+      static_cast<Derived&>(*this).commit(state, step);
+    }
+    for (const auto& entry : table_.entries) entry.tensor.unsafeGetTensorImpl()->bump_version();
+    step.report_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    last_step_ = std::move(step.report_);
+    return step.result_.defined() ? step.result_ : torch::tensor(last_step_.loss, torch::kDouble);
+  }
+
+  /// The report of the most recent step() (empty before the first).
+  const StepReport& last_step() const { return last_step_; }
+  /// Closure calls of all completed or skipped steps.
+  int64_t forward_passes() const { return global_state().forward_passes(); }
+  /// Steps whose update was not applied (non-finite loss, σ guard).
+  int64_t skipped_steps() const { return global_state().skipped_steps(); }
+  /// Steps taken so far, the position in the seed's direction stream.
+  int64_t steps() const { return global_state().step(); }
+
+  void save(torch::serialize::OutputArchive& archive) const override {
+    torch::optim::serialize<ParamState, Options>(archive, *this);
+  }
+
+  /// Loads a checkpoint written by save(). A damaged or foreign checkpoint throws and leaves this
+  /// optimizer exactly as it was: the archive is read into a scratch optimizer first.
+  void load(torch::serialize::InputArchive& archive) override {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    for (const auto& group : param_groups_) groups.emplace_back(group.params(), group.options().clone());
+    Derived scratch(groups, static_cast<const Options&>(*defaults_));
+    scratch.state_.clear();
+    torch::optim::serialize<ParamState, Options>(archive, scratch);
+    for (size_t g = 0; g < scratch.param_groups_.size(); ++g) {
+      Derived::check_options(scratch.options_of(g), g);
+    }
+    const auto key = detail::state_key(table_.entries.front().tensor);
+    auto found = scratch.state_.find(key);
+    TORCH_CHECK(found != scratch.state_.end() && found->second != nullptr, Derived::kName,
+                ": checkpoint holds no optimizer state for these parameters; was it saved by a ", Derived::kName,
+                " over the same parameter list?");
+    auto* loaded = dynamic_cast<ParamState*>(found->second.get());
+    TORCH_CHECK(loaded != nullptr, Derived::kName, ": checkpoint state has the wrong type");
+    static_cast<const Derived&>(scratch).check_state(*loaded);
+    // Nothing can fail from here on.
+    state_.clear();
+    state_[key] = std::move(found->second);
+    for (size_t g = 0; g < param_groups_.size(); ++g) {
+      param_groups_[g].set_options(scratch.param_groups_[g].options().clone());
+    }
+    last_step_ = StepReport{};
+  }
+
+ protected:
+  /// The per-step context the method's pseudo-code runs against. It calls the closure, keeps the
+  /// losses, and tracks which offsets are currently added to θ so that any exit can undo them.
+  class Step {
+   public:
+    /// The key of this step's directions.
+    uint64_t key() const { return report_.key; }
+    int64_t index() const { return report_.step; }
+    const StepReport& report() const { return report_; }
+    StepReport& report() { return report_; }
+
+    /// One forward pass. The loss is kept on its device until losses() is called, so a CUDA step
+    /// synchronises once, not once per forward pass.
+    void evaluate() {
+      const auto started = std::chrono::steady_clock::now();
+      at::Tensor loss = closure_();
+      report_.closure_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      ++report_.forward_passes;
+      TORCH_CHECK(loss.defined(), Derived::kName, ": the closure returned an undefined tensor; return the loss");
+      TORCH_CHECK(loss.numel() == 1, Derived::kName, ": the closure must return a scalar loss, got shape ", loss.sizes(),
+                  "; reduce it, e.g. with .mean()");
+      TORCH_CHECK(at::isFloatingType(loss.scalar_type()), Derived::kName,
+                  ": the closure must return a floating-point loss, got ", loss.scalar_type());
+      pending_.push_back(loss.detach().reshape({}));
+    }
+
+    /// The losses of all forward passes so far, as doubles. Throws NonFiniteLoss if one is not finite.
+    const std::vector<double>& losses() {
+      if (!pending_.empty()) {
+        const at::Tensor values = at::stack(pending_).to(at::kDouble).cpu();
+        const double* data = values.data_ptr<double>();
+        for (int64_t i = 0; i < values.numel(); ++i) report_.losses.push_back(data[i]);
+        for (auto& loss : pending_) kept_.push_back(std::move(loss));
+        pending_.clear();
+      }
+      for (size_t i = 0; i < report_.losses.size(); ++i) {
+        if (!std::isfinite(report_.losses[i])) throw detail::NonFiniteLoss{i + 1, report_.losses[i]};
+      }
+      return report_.losses;
+    }
+
+    /// The loss tensors of the forward passes read by losses(), as the closure returned them (detached).
+    const std::vector<at::Tensor>& loss_tensors() const { return kept_; }
+
+    /// One sweep that moves θ from its current offsets to `target` (all under this step's key),
+    /// and adds the update `update` on the way; `decay` applies each group's weight decay.
+    void sweep_to(std::vector<detail::Offset> target, const std::vector<detail::SweepTerm>& update = {},
+                  bool decay = false, const detail::AdaptiveUpdate* adaptive = nullptr) {
+      detail::SweepPlan plan;
+      plan.distribution = distribution_;
+      auto add_or_merge = [&](const detail::SweepTerm& term) {
+        for (int k = 0; k < plan.num_terms; ++k) {
+          detail::SweepTerm& existing = plan.terms[k];
+          if (existing.key == term.key && existing.probe == term.probe) {
+            existing.alpha += term.alpha;
+            existing.beta += term.beta;
+            existing.m_weight += term.m_weight;
+            existing.v_weight += term.v_weight;
+            return;
+          }
+        }
+        plan.add_term(term);
+      };
+      // Offsets to remove, then offsets to add: the difference of the two states.
+      for (const auto& now : applied_) add_or_merge({report_.key, now.probe, -now.alpha, 0, 0, 0});
+      for (const auto& next : target) add_or_merge({report_.key, next.probe, next.alpha, 0, 0, 0});
+      for (const auto& term : update) add_or_merge(term);
+      if (adaptive != nullptr) {
+        plan.adaptive = true;
+        plan.adaptive_scale = adaptive->scale;
+        plan.adaptive_stab = adaptive->stab;
+      }
+      const auto& groups = owner_.param_groups_;
+      TORCH_CHECK(static_cast<int>(groups.size()) <= detail::kMaxGroups, Derived::kName, ": at most ",
+                  detail::kMaxGroups, " param groups are supported, got ", groups.size());
+      plan.num_groups = static_cast<int32_t>(groups.size());
+      for (size_t g = 0; g < groups.size(); ++g) {
+        const Options& o = owner_.options_of(g);
+        plan.groups[g].lr = o.lr();
+        plan.groups[g].keep = decay ? 1.0 - o.lr() * o.weight_decay() : 1.0;
+      }
+      plan.stochastic_rounding = owner_.options_of(0).stochastic_rounding();
+      plan.rounding_key = detail::splitmix64(report_.key ^ (0xD1B54A32D192ED03ull * static_cast<uint64_t>(report_.sweeps + 1)));
+      // Drop terms that cancelled out, so a pure restore costs no more Philox than needed.
+      int kept = 0;
+      for (int k = 0; k < plan.num_terms; ++k) {
+        const auto& t = plan.terms[k];
+        if (t.alpha != 0 || t.beta != 0 || t.m_weight != 0 || t.v_weight != 0) plan.terms[kept++] = t;
+      }
+      plan.num_terms = kept;
+      if (plan.num_terms > 0 || decay) {
+        detail::apply_sweep(owner_.table_, plan);
+        ++report_.sweeps;
+      }
+      applied_ = std::move(target);
+    }
+
+    /// Removes every offset currently applied: θ returns to its value at the start of the step
+    /// (bit-exactly where the arithmetic is exact, else within one rounding per sweep).
+    void restore() {
+      if (!applied_.empty()) sweep_to({});
+    }
+
+    /// Marks the step as skipped: no update, θ already restored.
+    void skip() {
+      restore();
+      report_.skipped = true;
+    }
+
+    /// What step() returns.
+    void set_result(at::Tensor result, double value) {
+      result_ = std::move(result);
+      report_.loss = value;
+    }
+
+   private:
+    friend class ZerothOrderOptimizer;
+    Step(ZerothOrderOptimizer& owner, const LossClosure& closure, int64_t index)
+        : owner_(owner), closure_(closure), distribution_(static_cast<Derived&>(owner).distribution()) {
+      report_.step = index;
+      report_.key = step_key(owner.options_of(0).seed(), static_cast<uint64_t>(index));
+    }
+
+    ZerothOrderOptimizer& owner_;
+    const LossClosure& closure_;
+    Distribution distribution_;
+    std::vector<detail::Offset> applied_;
+    std::vector<at::Tensor> pending_, kept_;
+    at::Tensor result_;
+    StepReport report_;
+  };
+
+  /// Throws unless param group `group` has the same value of `field` as group 0.
+  template <class T>
+  static void require_shared(const char* field, const T& first, const T& other, size_t group) {
+    TORCH_CHECK(first == other, Derived::kName, ": ", field, " must be the same in every param group (group 0 has ",
+                first, ", group ", group, " has ", other, "); only lr and weight_decay may differ between groups");
+  }
+
+  /// Default hooks; methods with window state override them.
+  void commit(ParamState&, const Step&) {}
+  void check_state(const ParamState&) const {}
+
+  const Options& options_of(size_t group) const { return static_cast<const Options&>(param_groups_.at(group).options()); }
+  Options& options_of(size_t group) { return static_cast<Options&>(param_groups_.at(group).options()); }
+
+  ParamState& global_state() {
+    const auto key = detail::state_key(table_.entries.front().tensor);
+    auto& slot = state_[key];
+    if (!slot) slot = std::make_unique<ParamState>();
+    return static_cast<ParamState&>(*slot);
+  }
+  const ParamState& global_state() const {
+    return const_cast<ZerothOrderOptimizer&>(*this).global_state();
+  }
+
+  /// The flattened parameter list, in param_groups order; rebuilt when the groups change.
+  const detail::ParamTable& table() const { return table_; }
+
+ private:
+  void check_all_options() const {
+    TORCH_CHECK(!param_groups_.empty(), Derived::kName, ": no parameters to optimise; pass model->parameters()");
+    const Options& first = options_of(0);
+    for (size_t g = 0; g < param_groups_.size(); ++g) {
+      const Options& o = options_of(g);
+      Derived::check_options(o, g);
+      // One step perturbs all groups along one direction stream: only lr and weight_decay may differ.
+      require_shared("eps", first.eps(), o.eps(), g);
+      require_shared("seed", first.seed(), o.seed(), g);
+      require_shared("stochastic_rounding", first.stochastic_rounding(), o.stochastic_rounding(), g);
+      require_shared("on_nonfinite", static_cast<int64_t>(first.on_nonfinite()), static_cast<int64_t>(o.on_nonfinite()), g);
+      Derived::check_shared_options(first, o, g);
+    }
+  }
+
+  /// Validates the parameters and (re)builds the table when the list of tensors changed.
+  void refresh_table() {
+    size_t count = 0;
+    bool same = true;
+    for (size_t g = 0; g < param_groups_.size(); ++g) {
+      for (const auto& p : param_groups_[g].params()) {
+        same = same && count < table_.entries.size() && table_.entries[count].tensor.is_same(p) &&
+               table_.entries[count].group == static_cast<int32_t>(g) && p.is_contiguous();
+        ++count;
+      }
+    }
+    if (same && count == table_.entries.size() && count > 0) return;
+    detail::ParamTable fresh;
+    std::unordered_set<const void*> seen;
+    for (size_t g = 0; g < param_groups_.size(); ++g) {
+      for (const auto& p : param_groups_[g].params()) {
+        const size_t index = fresh.entries.size();
+        detail::check_sweepable(p, Derived::kName, index);
+        TORCH_CHECK(seen.insert(p.unsafeGetTensorImpl()).second, Derived::kName, ": parameter ", index,
+                    " appears twice in the param groups; pass each tensor once");
+        if (!fresh.entries.empty()) {
+          const auto& first = fresh.entries.front().tensor;
+          TORCH_CHECK(p.device() == first.device(), Derived::kName, ": parameter ", index, " is on ", p.device(),
+                      " but parameter 0 is on ", first.device(), "; move the model to one device (model->to(device))");
+        }
+        fresh.entries.push_back({p, static_cast<uint32_t>(index), static_cast<int32_t>(g)});
+      }
+    }
+    TORCH_CHECK(!fresh.entries.empty(), Derived::kName, ": no parameters to optimise; pass model->parameters()");
+    TORCH_CHECK(fresh.entries.size() <= size_t{0xFFFFFFFF}, Derived::kName, ": too many parameters");
+    // Keep the global state under the (possibly new) first parameter.
+    if (!table_.entries.empty()) {
+      const auto old_key = detail::state_key(table_.entries.front().tensor);
+      const auto new_key = detail::state_key(fresh.entries.front().tensor);
+      if (old_key != new_key) {
+        auto found = state_.find(old_key);
+        if (found != state_.end()) {
+          auto moved = std::move(found->second);
+          state_.erase(found);
+          state_[new_key] = std::move(moved);
+        }
+      }
+    }
+    table_ = std::move(fresh);
+  }
+
+  detail::ParamTable table_;
+  StepReport last_step_;
+};
+
+}  // namespace zotorch

@@ -1,0 +1,10 @@
+// Umbrella header: everything a zotorch user needs.
+#pragma once
+
+#include <zotorch/adamezo.h>
+#include <zotorch/distribution.h>
+#include <zotorch/fzoo.h>
+#include <zotorch/mezo.h>
+#include <zotorch/noise.h>
+#include <zotorch/version.h>
+#include <zotorch/zo_optimizer.h>
