@@ -178,6 +178,14 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
 
   ZerothOrderOptimizer(const std::vector<torch::optim::OptimizerParamGroup>& param_groups, const Options& defaults)
       : Optimizer(param_groups, std::make_unique<Options>(defaults)) {
+    // LibTorch 2.9+ replaces the options of a group by the defaults unless the optimizer is one of
+    // its own; keep what the user gave each group, as torch::optim::Adam does.
+    for (size_t g = 0; g < param_groups.size() && g < param_groups_.size(); ++g) {
+      if (!param_groups[g].has_options()) continue;
+      TORCH_CHECK(dynamic_cast<const Options*>(&param_groups[g].options()) != nullptr, Derived::kName, ": param group ",
+                  g, " carries the options of another optimizer; give it ", Derived::kName, "Options");
+      param_groups_[g].set_options(param_groups[g].options().clone());
+    }
     Derived::check_options(defaults, 0);
     check_all_options();
     refresh_table();
