@@ -30,6 +30,13 @@ struct ResolvedGroup {
   A v_weight[kMaxTerms];
 };
 
+/// alpha_k + lr·beta_k of `group`, in double, rounded once to A. The CUDA kernels resolve their
+/// coefficients with this same function; mul/add keep nvcc from contracting it into an fma.
+template <class A>
+ZOTORCH_HD A resolve_coefficient(const SweepPlan& plan, int group, int k) {
+  return static_cast<A>(add(plan.terms[k].alpha, mul(plan.groups[group].lr, plan.terms[k].beta)));
+}
+
 template <class A>
 ResolvedGroup<A> resolve_group(const SweepPlan& plan, int group) {
   const GroupScalars& g = plan.groups[group];
@@ -38,7 +45,7 @@ ResolvedGroup<A> resolve_group(const SweepPlan& plan, int group) {
   out.adaptive_step = static_cast<A>(g.lr * plan.adaptive_scale);
   out.adaptive_stab = static_cast<A>(plan.adaptive_stab);
   for (int k = 0; k < plan.num_terms; ++k) {
-    out.coefficient[k] = static_cast<A>(plan.terms[k].alpha + g.lr * plan.terms[k].beta);
+    out.coefficient[k] = resolve_coefficient<A>(plan, group, k);
     out.m_weight[k] = static_cast<A>(plan.terms[k].m_weight);
     out.v_weight[k] = static_cast<A>(plan.terms[k].v_weight);
   }
