@@ -46,10 +46,12 @@ inline int64_t max_ulps(const std::vector<torch::Tensor>& a, const std::vector<t
   return worst;
 }
 
-/// Values on a coarse binary grid (multiples of 2^-12 in [-1, 1)): adding and removing ±2^-10 is exact.
-inline torch::Tensor grid_values(at::IntArrayRef sizes, int64_t seed, torch::Dtype dtype = torch::kFloat) {
+/// Values on a coarse binary grid (multiples of 2^-bits in [-1, 1)): adding and removing a larger
+/// power of two is exact in float32 (bits 12, offsets 2^-10) and in bfloat16 (bits 7, offsets 2^-6).
+inline torch::Tensor grid_values(at::IntArrayRef sizes, int64_t seed, torch::Dtype dtype = torch::kFloat, int bits = 12) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
-  return torch::randint(-4096, 4096, sizes, gen, torch::kFloat).div_(4096.0).to(dtype);
+  const int64_t steps = int64_t{1} << bits;
+  return torch::randint(-steps, steps, sizes, gen, torch::kFloat).div_(static_cast<double>(steps)).to(dtype);
 }
 
 /// A quadratic loss with a known minimum, evaluated in float64 whatever the parameters' dtype.
@@ -58,9 +60,10 @@ struct Quadratic {
   std::vector<torch::Tensor> targets;
   int64_t calls = 0;
 
-  Quadratic(torch::Dtype dtype, int64_t seed, std::vector<std::vector<int64_t>> shapes = {{37}, {5, 7}, {129}}) {
+  Quadratic(torch::Dtype dtype, int64_t seed, int grid_bits = 12,
+            std::vector<std::vector<int64_t>> shapes = {{37}, {5, 7}, {129}}) {
     for (size_t i = 0; i < shapes.size(); ++i) {
-      params.push_back(grid_values(shapes[i], seed + static_cast<int64_t>(i), dtype));
+      params.push_back(grid_values(shapes[i], seed + static_cast<int64_t>(i), dtype, grid_bits));
       targets.push_back(grid_values(shapes[i], seed + 100 + static_cast<int64_t>(i), torch::kDouble));
     }
   }
