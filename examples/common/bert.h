@@ -216,11 +216,20 @@ struct BertModelImpl : torch::nn::Module {
   at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& attention_mask, const at::Tensor& token_type_ids = {}) {
     TORCH_CHECK(input_ids.dim() == 2, "BertModel: input_ids must be [batch, seq], got ", input_ids.sizes());
     const at::Tensor types = token_type_ids.defined() ? token_type_ids : at::zeros_like(input_ids);
-    at::Tensor x = embeddings(input_ids, types);
-    const at::Tensor key_mask = attention_mask.to(at::kBool).view({input_ids.size(0), 1, 1, input_ids.size(1)});
-    for (const auto& m : *encoder->layer) x = m->as<bert::Layer>()->forward(x, key_mask);
+    return forward_layers(embeddings(input_ids, types), attention_mask, 0, num_layers());
+  }
+
+  /// Runs layers [begin, end) on hidden states x [B, L, H]. With forward(), lets a caller cache the
+  /// output of frozen lower layers and run only the trainable top ones per forward pass.
+  at::Tensor forward_layers(at::Tensor x, const at::Tensor& attention_mask, int64_t begin, int64_t end) {
+    TORCH_CHECK(0 <= begin && begin <= end && end <= num_layers(), "BertModel::forward_layers: layer range [", begin, ", ",
+                end, ") is outside [0, ", num_layers(), "]");
+    const at::Tensor key_mask = attention_mask.to(at::kBool).view({x.size(0), 1, 1, x.size(1)});
+    for (int64_t i = begin; i < end; ++i) x = encoder->layer[static_cast<size_t>(i)]->as<bert::Layer>()->forward(x, key_mask);
     return x;
   }
+
+  int64_t num_layers() const { return static_cast<int64_t>(encoder->layer->size()); }
 
   /// Adds LoRA adapters to every layer's attention query and value projections.
   void enable_lora(int64_t rank, double alpha) {
