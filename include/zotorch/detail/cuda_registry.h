@@ -24,3 +24,17 @@ inline bool cuda_kernels_available() { return cuda_backend().sweep != nullptr; }
 
 }  // namespace detail
 }  // namespace zotorch
+
+/// Defined (weak, C linkage so link lines can name it: -u zotorch_register_cuda_kernels) in
+/// share/zotorch/cuda_kernels.cu.
+extern "C" void zotorch_register_cuda_kernels();
+
+namespace zotorch {
+
+/// Registers the CUDA kernels of share/zotorch/cuda_kernels.cu. That file does so by itself when the
+/// program loads; call this (e.g. first in main) when it is compiled into a static library, so that
+/// the linker keeps it: a program without the kernels then fails to link instead of failing at the
+/// first CUDA sweep.
+inline void register_cuda_kernels() { zotorch_register_cuda_kernels(); }
+
+}  // namespace zotorch

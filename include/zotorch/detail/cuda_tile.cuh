@@ -1,0 +1,333 @@
+// The sweep functor of the CUDA backend: what one warp does to one 512-element tile, written as
+// per-lane phases separated by warp barriers, so that the kernel runs them on 32 lanes at once and
+// tests/cuda/cuda_emulation.h runs the very same code lane after lane on the CPU (host-compilable).
+#pragma once
+
+#include <zotorch/detail/cpu_sweep.h>
+#include <zotorch/detail/cuda_layout.cuh>
+
+#include <cstring>
+
+// Host compilers would warn about (and ignore) `#pragma unroll`; the emulation needs no unrolling.
+#if defined(__CUDACC__)
+#define ZOTORCH_UNROLL _Pragma("unroll")
+#else
+#define ZOTORCH_UNROLL
+#endif
+
+namespace zotorch {
+namespace detail {
+
+/// Terms whose Rademacher blocks a warp draws per round: 8 terms × 4 blocks = one Philox call per lane.
+constexpr int kStagedTerms = kWarpLanes / kTileBlocks;
+
+/// Where the per-group scalars of one launch sit in shared memory (units of the arithmetic type):
+/// [m_weight[T], v_weight[T]] when adaptive, then per slot [keep, lr·scale, stab, coefficient[T]].
+struct ResolvedLayout {
+  int terms = 0;
+  int slots = 0;
+  bool adaptive = false;
+  ZOTORCH_HD int weights() const { return adaptive ? 2 * terms : 0; }
+  ZOTORCH_HD int stride() const { return 3 + terms; }
+  ZOTORCH_HD int size() const { return weights() + slots * stride(); }
+  ZOTORCH_HD int slot_offset(int slot) const { return weights() + slot * stride(); }
+};
+
+/// Value `i` of the resolved scalars, exactly as resolve_group<A> computes it for the CPU.
+template <class A>
+ZOTORCH_HD A resolved_value(const SweepPlan& plan, const uint8_t* slot_group, const ResolvedLayout& layout, int i) {
+  if (i < layout.weights()) {
+    return i < layout.terms ? static_cast<A>(plan.terms[i].m_weight) : static_cast<A>(plan.terms[i - layout.terms].v_weight);
+  }
+  const int slot = (i - layout.weights()) / layout.stride();
+  const int field = (i - layout.weights()) % layout.stride();
+  const int group = slot_group[slot];
+  const GroupScalars& g = plan.groups[group];
+  switch (field) {
+    case 0: return static_cast<A>(g.keep);
+    case 1: return static_cast<A>(mul(g.lr, plan.adaptive_scale));  // resolve_group: lr·scale, one product
+    case 2: return static_cast<A>(plan.adaptive_stab);
+    default: return resolve_coefficient<A>(plan, group, field - 3);
+  }
+}
+
+/// One tile of one tensor, with the scalars of its group.
+template <class Storage>
+struct TileContext {
+  using S = typename Storage::storage;
+  using A = typename Storage::acc;
+  S* data = nullptr;
+  int64_t numel = 0;
+  int64_t start = 0;  ///< first element of the tile in the tensor (a multiple of kTileElements)
+  uint32_t tensor_id = 0;
+  bool vector_ok = false;
+  int terms = 0;
+  A keep = A(1), step = A(0), stab = A(0);
+  const A* coefficient = nullptr;
+  const A* m_weight = nullptr;
+  const A* v_weight = nullptr;
+};
+
+template <class Storage>
+ZOTORCH_HD TileContext<Storage> make_tile_context(const CudaTableEntry& entry, int64_t tile, int terms,
+                                                  const ResolvedLayout& layout, const typename Storage::acc* resolved) {
+  TileContext<Storage> ctx;
+  ctx.data = static_cast<typename Storage::storage*>(entry.data);
+  ctx.numel = entry.numel;
+  ctx.start = (tile - entry.first_tile) * kTileElements;
+  ctx.tensor_id = entry.tensor_id;
+  ctx.vector_ok = entry.vector_ok != 0;
+  ctx.terms = terms;
+  const auto* slot = resolved + layout.slot_offset(entry.slot);
+  ctx.keep = slot[0];
+  ctx.step = slot[1];
+  ctx.stab = slot[2];
+  ctx.coefficient = slot + 3;
+  ctx.m_weight = resolved;
+  ctx.v_weight = resolved + terms;
+  return ctx;
+}
+
+/// `count` storage values at `src` (16-byte aligned) into registers: 128-bit loads on the device.
+template <class S, int kCount>
+ZOTORCH_HD void load_vector(const S* src, S* dst) {
+  static_assert(kCount * sizeof(S) % 16 == 0, "whole 16-byte vectors only");
+#if defined(__CUDA_ARCH__)
+ZOTORCH_UNROLL
+  for (int v = 0; v < static_cast<int>(kCount * sizeof(S) / 16); ++v) {
+    const uint4 bits = reinterpret_cast<const uint4*>(src)[v];
+    memcpy(dst + v * (16 / sizeof(S)), &bits, 16);
+  }
+#else
+  // The emulation: a misaligned 128-bit access would fault on the device.
+  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(src) % 16 == 0, "vector load from a misaligned address");
+  memcpy(dst, src, kCount * sizeof(S));
+#endif
+}
+
+template <class S, int kCount>
+ZOTORCH_HD void store_vector(const S* src, S* dst) {
+  static_assert(kCount * sizeof(S) % 16 == 0, "whole 16-byte vectors only");
+#if defined(__CUDA_ARCH__)
+  // nvcc 13 splits a plain uint4 assignment here into 32-bit stores (and __stwb becomes a "strong"
+  // store), so the 128-bit store is spelled out.
+  uint32_t words[kCount * sizeof(S) / 4];
+  memcpy(words, src, sizeof(words));
+ZOTORCH_UNROLL
+  for (int v = 0; v < static_cast<int>(kCount * sizeof(S) / 16); ++v) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(reinterpret_cast<uint4*>(dst) + v), "r"(words[4 * v]),
+                 "r"(words[4 * v + 1]), "r"(words[4 * v + 2]), "r"(words[4 * v + 3])
+                 : "memory");
+  }
+#else
+  TORCH_INTERNAL_ASSERT(reinterpret_cast<uintptr_t>(dst) % 16 == 0, "vector store to a misaligned address");
+  memcpy(dst, src, kCount * sizeof(S));
+#endif
+}
+
+/// The registers of one lane for one tile, and the phases that fill them. Element order per lane
+/// and term order per element are those of cpu_sweep_chunks: s, m, v start at 0 and take terms
+/// 0, 1, 2, ... in turn, then y = update(x), then one rounding.
+template <class Storage, Distribution Dist, bool Adaptive>
+struct TileLane {
+  using S = typename Storage::storage;
+  using A = typename Storage::acc;
+  using Context = TileContext<Storage>;
+  /// Elements per lane per step: 16 bytes of 32- and 16-bit types; 32 bytes of doubles, so a
+  /// lane still owns whole 4-element Gaussian and rounding blocks.
+  static constexpr int kVec = sizeof(S) == 2 ? 8 : 4;
+  static constexpr int kSteps = kLaneElements / kVec;
+  static constexpr int kMoments = Adaptive ? kLaneElements : 1;
+
+  S x[kLaneElements];
+  A s[kLaneElements];
+  A m[kMoments];
+  A v[kMoments];
+
+  /// First element (within the tile) of the lane's step j. Lanes own consecutive pieces, so each
+  /// warp-wide access covers 512 (fp64: 1024) contiguous bytes.
+  ZOTORCH_HD static int step_offset(int lane, int j) { return (j * kWarpLanes + lane) * kVec; }
+
+  ZOTORCH_HD void load(const Context& ctx, int lane) {
+ZOTORCH_UNROLL
+    for (int j = 0; j < kSteps; ++j) {
+      const int64_t first = ctx.start + step_offset(lane, j);
+      S* xs = x + j * kVec;
+      if (ctx.vector_ok && first + kVec <= ctx.numel) {
+        load_vector<S, kVec>(ctx.data + first, xs);
+      } else {
+ZOTORCH_UNROLL
+        for (int i = 0; i < kVec; ++i) xs[i] = first + i < ctx.numel ? ctx.data[first + i] : S(0);
+      }
+    }
+ZOTORCH_UNROLL
+    for (int i = 0; i < kLaneElements; ++i) s[i] = A(0);
+ZOTORCH_UNROLL
+    for (int i = 0; i < kMoments; ++i) m[i] = v[i] = A(0);
+  }
+
+  /// Rademacher, round r: lane l draws block (l mod 4) of the tile for term 8r + l/4.
+  ZOTORCH_HD static void stage(const Context& ctx, const SweepPlan& plan, int lane, int round, Words4* staged) {
+    const int k = round * kStagedTerms + lane / kTileBlocks;
+    if (k < ctx.terms) {
+      const SweepTerm& term = plan.terms[k];
+      const uint64_t block = static_cast<uint64_t>(ctx.start / kRademacherBlock) + static_cast<uint64_t>(lane % kTileBlocks);
+      staged[lane] = noise_block(term.key, ctx.tensor_id, term.probe, block);
+    }
+  }
+
+  /// Rademacher, round r: adds the staged terms 8r .. 8r+7 to the lane's elements.
+  ZOTORCH_HD void accumulate_staged(const Context& ctx, int lane, int round, const Words4* staged) {
+    const int first = round * kStagedTerms;
+    const int count = ctx.terms - first < kStagedTerms ? ctx.terms - first : kStagedTerms;
+    for (int t = 0; t < count; ++t) {
+      const A c = ctx.coefficient[first + t];
+      A m_weight = A(0), v_weight = A(0);
+      if constexpr (Adaptive) {
+        m_weight = ctx.m_weight[first + t];
+        v_weight = ctx.v_weight[first + t];
+      }
+ZOTORCH_UNROLL
+      for (int j = 0; j < kSteps; ++j) {
+        const int offset = step_offset(lane, j);  // kVec divides 32: the lane's bits sit in one word
+        const uint32_t word = staged[t * kTileBlocks + offset / kRademacherBlock].w[(offset >> 5) & 3] >> (offset & 31);
+ZOTORCH_UNROLL
+        for (int i = 0; i < kVec; ++i) {
+          const uint32_t sign_mask = ((word >> i) & 1u) << 31;
+          const int e = j * kVec + i;
+          s[e] = accumulate_sign(s[e], c, sign_mask);
+          if constexpr (Adaptive) {
+            m[e] = accumulate_sign(m[e], m_weight, sign_mask);
+            v[e] = add(v[e], v_weight);  // z² = 1
+          }
+        }
+      }
+    }
+  }
+
+  /// Gaussian: every lane draws its own 4-element blocks, all terms in order.
+  ZOTORCH_HD void accumulate_normals(const Context& ctx, const SweepPlan& plan, int lane) {
+    for (int k = 0; k < ctx.terms; ++k) {
+      const SweepTerm& term = plan.terms[k];
+      const A c = ctx.coefficient[k];
+      A m_weight = A(0), v_weight = A(0);
+      if constexpr (Adaptive) {
+        m_weight = ctx.m_weight[k];
+        v_weight = ctx.v_weight[k];
+      }
+ZOTORCH_UNROLL
+      for (int j = 0; j < kSteps; ++j) {
+ZOTORCH_UNROLL
+        for (int b = 0; b < kVec / static_cast<int>(kGaussianBlock); ++b) {
+          const int64_t first = ctx.start + step_offset(lane, j) + b * kGaussianBlock;
+          const Normals4 z = gaussian4(noise_block(term.key, ctx.tensor_id, term.probe, static_cast<uint64_t>(first / kGaussianBlock)));
+ZOTORCH_UNROLL
+          for (int q = 0; q < 4; ++q) {
+            const int e = j * kVec + b * static_cast<int>(kGaussianBlock) + q;
+            s[e] = accumulate_value(s[e], c, z.z[q]);
+            if constexpr (Adaptive) {
+              m[e] = accumulate_value(m[e], m_weight, z.z[q]);
+              v[e] = accumulate_square(v[e], v_weight, z.z[q]);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// y = update(x), one rounding (stochastic for 16-bit types when asked), and the write back.
+  ZOTORCH_HD void store(const Context& ctx, const SweepPlan& plan, int lane) const {
+ZOTORCH_UNROLL
+    for (int j = 0; j < kSteps; ++j) {
+      const int64_t first = ctx.start + step_offset(lane, j);
+      if (first >= ctx.numel) continue;  // tail of the last tile
+      float uniform[kVec];
+      if constexpr (Storage::is_16_bit) {
+        if (plan.stochastic_rounding) {
+ZOTORCH_UNROLL
+          for (int b = 0; b < kVec / static_cast<int>(kRoundingBlock); ++b) {
+            const Words4 bits = noise_block(plan.rounding_key, ctx.tensor_id, kRoundingProbe,
+                                            static_cast<uint64_t>(first / kRoundingBlock) + static_cast<uint64_t>(b));
+ZOTORCH_UNROLL
+            for (int q = 0; q < 4; ++q) uniform[b * kRoundingBlock + q] = half_open_uniform(bits.w[q]);
+          }
+        }
+      }
+      S out[kVec];
+ZOTORCH_UNROLL
+      for (int i = 0; i < kVec; ++i) {
+        const int e = j * kVec + i;
+        const A x_wide = Storage::widen(x[e]);
+        A y;
+        if constexpr (Adaptive) {
+          y = adaptive_update(ctx.keep, x_wide, s[e], m[e], v[e], ctx.step, ctx.stab);
+        } else {
+          y = linear_update(ctx.keep, x_wide, s[e]);
+        }
+        if constexpr (Storage::is_16_bit) {
+          out[i] = plan.stochastic_rounding ? narrow_stochastic<Storage>(y, uniform[i]) : Storage::narrow(y);
+        } else {
+          out[i] = Storage::narrow(y);
+        }
+      }
+      if (ctx.vector_ok && first + kVec <= ctx.numel) {
+        store_vector<S, kVec>(out, ctx.data + first);
+      } else {
+ZOTORCH_UNROLL
+        for (int i = 0; i < kVec; ++i) {
+          if (first + i < ctx.numel) ctx.data[first + i] = out[i];
+        }
+      }
+    }
+  }
+};
+
+/// The whole tile, phase by phase. `Lanes` is the warp: on the device one lane's registers and a
+/// __syncwarp barrier; in the emulation all 32 lanes' registers and a loop (tests/cuda/cuda_emulation.h).
+template <class Storage, Distribution Dist, bool Adaptive, class Lanes>
+ZOTORCH_HD void sweep_tile(Lanes& lanes, const TileContext<Storage>& ctx, const SweepPlan& plan, Words4* staged) {
+  using Lane = TileLane<Storage, Dist, Adaptive>;
+  lanes.for_each([&](Lane& lane_state, int lane) { lane_state.load(ctx, lane); });
+  if constexpr (Dist == Distribution::Rademacher) {
+    for (int round = 0; round * kStagedTerms < ctx.terms; ++round) {
+      lanes.for_each([&](Lane&, int lane) { Lane::stage(ctx, plan, lane, round, staged); });
+      lanes.sync();
+      lanes.for_each([&](Lane& lane_state, int lane) { lane_state.accumulate_staged(ctx, lane, round, staged); });
+      lanes.sync();  // the next round overwrites `staged`
+    }
+  } else {
+    lanes.for_each([&](Lane& lane_state, int lane) { lane_state.accumulate_normals(ctx, plan, lane); });
+  }
+  lanes.for_each([&](Lane& lane_state, int lane) { lane_state.store(ctx, plan, lane); });
+}
+
+/// Fills the resolved group scalars of one launch, elements begin, begin + stride, ...
+template <class A>
+ZOTORCH_HD void resolve_scalars(const SweepPlan& plan, const CudaLaunchArgs& args, const ResolvedLayout& layout,
+                                A* resolved, int begin, int stride) {
+  for (int i = begin; i < layout.size(); i += stride) resolved[i] = resolved_value<A>(plan, args.slot_group, layout, i);
+}
+
+/// One warp's share of a launch: tiles first_tile, first_tile + tile_stride, ... of the kind's
+/// entries. Tiles are warp-uniform, so every lane takes the same branches and the barriers are safe.
+template <class Storage, Distribution Dist, bool Adaptive, class Lanes>
+ZOTORCH_HD void sweep_warp_tiles(Lanes& lanes, const SweepPlan& plan, const CudaLaunchArgs& args,
+                                 const ResolvedLayout& layout, const typename Storage::acc* resolved, Words4* staged,
+                                 int64_t first_tile, int64_t tile_stride) {
+  int32_t entry_index = -1;
+  int64_t entry_first = 0, entry_end = 0;
+  for (int64_t tile = first_tile; tile < args.total_tiles; tile += tile_stride) {
+    // Consecutive tiles of a warp usually hit the same tensor; search only when they do not.
+    if (entry_index < 0 || tile < entry_first || tile >= entry_end) {
+      entry_index = find_tile_entry(args.entries, args.num_entries, tile);
+      entry_first = args.entries[entry_index].first_tile;
+      entry_end = entry_first + tiles_of(args.entries[entry_index].numel);
+    }
+    const CudaTableEntry entry = args.entries[entry_index];
+    const TileContext<Storage> ctx = make_tile_context<Storage>(entry, tile, plan.num_terms, layout, resolved);
+    sweep_tile<Storage, Dist, Adaptive>(lanes, ctx, plan, staged);
+  }
+}
+
+}  // namespace detail
+}  // namespace zotorch

@@ -1,0 +1,255 @@
+// The CUDA backend (share/zotorch/cuda_kernels.cu, linked through zotorch::cuda) against the CPU
+// sweep, bit for bit, on the hardware: every dtype, both distributions, linear and adaptive plans,
+// stochastic rounding, a 300-tensor mixed list, table reuse, streams and graph capture.
+// Without a CUDA device each test says "SKIPPED: no CUDA device" and returns.
+#include "sweep_cases.h"
+
+#include <zotorch/detail/cuda_table.cuh>
+#include <zotorch/detail/dispatch.h>
+#include <zotorch/noise.h>
+
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace zotorch_test;
+using zotorch::detail::CudaTableCache;
+
+bool cuda_device_present() { return c10::cuda::device_count() > 0; }
+
+#define ZOTORCH_REQUIRE_CUDA_DEVICE()       \
+  do {                                      \
+    if (!cuda_device_present()) {           \
+      WARN("SKIPPED: no CUDA device");      \
+      return;                               \
+    }                                       \
+  } while (false)
+
+std::string describe(const SweepPlan& plan) {
+  return std::string(zotorch::to_string(plan.distribution)) + (plan.adaptive ? " adaptive" : " linear") +
+         (plan.stochastic_rounding ? " stochastic-rounding" : "") + ", " + std::to_string(plan.num_terms) + " terms";
+}
+
+const at::TensorOptions kCuda = at::TensorOptions().device(at::kCUDA);
+
+/// A list on the CPU and the same values on the GPU.
+struct TwinLists {
+  std::vector<ParamSpec> specs;
+  std::vector<at::Tensor> cpu, cuda;
+  ParamTable cpu_table, cuda_table;
+
+  TwinLists(std::vector<ParamSpec> specs_in, uint64_t seed) : specs(std::move(specs_in)) {
+    for (size_t i = 0; i < specs.size(); ++i) {
+      const at::Tensor values = make_values(specs[i], seed + i);
+      cpu.push_back(place(values, specs[i], at::TensorOptions()));
+      cuda.push_back(place(values, specs[i], kCuda));
+    }
+    cpu_table = make_table(cpu, specs);
+    cuda_table = make_table(cuda, specs);
+  }
+
+  void sweep(const SweepPlan& plan) {
+    zotorch::detail::cpu_sweep(cpu_table, plan);
+    zotorch::detail::apply_sweep(cuda_table, plan);
+  }
+
+  void require_equal(const std::string& what) const {
+    for (size_t i = 0; i < specs.size(); ++i) {
+      INFO(what << "; tensor " << i << " of " << specs.size() << ": " << specs[i].numel << " x " << specs[i].dtype
+                << (specs[i].misaligned ? " (misaligned)" : ""));
+      REQUIRE(first_difference(cpu[i], cuda[i]).empty());
+    }
+  }
+
+  uint64_t builds() const {
+    const auto* cache = static_cast<const CudaTableCache*>(cuda_table.cuda_cache.get());
+    return cache == nullptr ? 0 : cache->builds;
+  }
+};
+
+const at::ScalarType kDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
+const Distribution kDistributions[] = {Distribution::Rademacher, Distribution::Gaussian};
+
+}  // namespace
+
+TEST_CASE("Linking zotorch::cuda registers the CUDA kernels when the program loads", "[cuda]") {
+  // Needs no device: this is what a static library that drops cuda_kernels.cu's object breaks.
+  REQUIRE(zotorch::detail::cuda_kernels_available());
+  const auto registered = zotorch::detail::cuda_backend().sweep;
+  zotorch::register_cuda_kernels();
+  CHECK(zotorch::detail::cuda_backend().sweep == registered);
+}
+
+TEST_CASE("CUDA sweep equals the CPU sweep bitwise on single tensors of every dtype", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  uint64_t seed = 21;
+  for (const at::ScalarType dtype : kDtypes) {
+    const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+    for (const Distribution dist : kDistributions) {
+      for (const bool adaptive : {false, true}) {
+        for (const bool rounding : {false, true}) {
+          if (rounding && !half) continue;
+          // 3'000'001 elements: more tiles than resident warps, so warps stride over several.
+          for (const int64_t numel : {int64_t{1}, int64_t{3}, int64_t{129}, int64_t{4097}, int64_t{3000001}}) {
+            for (const bool misaligned : {false, true}) {
+              ++seed;
+              TwinLists lists({{numel, dtype, 0, misaligned}}, seed);
+              const SweepPlan plan = make_plan(dist, adaptive, rounding, 9, 1, seed);
+              lists.sweep(plan);
+              lists.require_equal(describe(plan));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA sweep equals the CPU sweep bitwise on a 300-tensor mixed list", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  uint64_t seed = 600;
+  for (const Distribution dist : kDistributions) {
+    for (const bool adaptive : {false, true}) {
+      for (const bool rounding : {false, true}) {
+        for (const int terms : {1, 9, 64}) {
+          ++seed;
+          TwinLists lists(long_list(), seed);
+          const SweepPlan plan = make_plan(dist, adaptive, rounding, terms, 3, seed);
+          lists.sweep(plan);
+          lists.require_equal(describe(plan));
+          CHECK(lists.builds() == 1);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA sweep reuses its device table and rebuilds it when a data pointer changes", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  TwinLists lists(long_list(), 77);
+  const SweepPlan plan = make_plan(Distribution::Rademacher, false, true, 3, 3, 78);
+  lists.sweep(plan);
+  lists.sweep(plan);
+  CHECK(lists.builds() == 1);
+  lists.require_equal("two sweeps on one table");
+
+  // Same tensor object, new storage: what param.set_data() or a model->to() round trip does.
+  const size_t moved = 5;
+  const at::Tensor fresh = make_values(lists.specs[moved], 4242);
+  lists.cpu[moved].set_data(fresh.clone());
+  lists.cuda[moved].set_data(fresh.to(at::kCUDA));
+  lists.sweep(plan);
+  CHECK(lists.builds() == 2);
+  lists.require_equal("after set_data");
+  lists.sweep(plan);
+  CHECK(lists.builds() == 2);
+  lists.require_equal("after set_data, reused");
+}
+
+TEST_CASE("CUDA sweep runs on the current stream, also a non-default one", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  TwinLists lists(long_list(), 88);
+  const SweepPlan plan = make_plan(Distribution::Gaussian, false, true, 2, 3, 89);
+  lists.sweep(plan);  // builds the table on the default stream
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  {
+    const c10::cuda::CUDAStreamGuard guard(side);
+    lists.sweep(plan);  // first use of the table on another stream
+    lists.sweep(plan);
+  }
+  side.synchronize();
+  lists.require_equal("three sweeps, two on a side stream");
+  CHECK(lists.builds() == 1);
+}
+
+TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync, no allocation, current stream", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  TwinLists lists(long_list(), 99);
+  const SweepPlan plan = make_plan(Distribution::Rademacher, true, true, 9, 3, 100);
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  const c10::cuda::CUDAStreamGuard guard(side);
+  lists.sweep(plan);  // builds the table; capture needs a warm table
+  side.synchronize();
+
+  // Global mode: any host synchronisation, allocation or launch on another stream fails the capture.
+  cudaGraph_t graph = nullptr;
+  C10_CUDA_CHECK(cudaStreamBeginCapture(side.stream(), cudaStreamCaptureModeGlobal));
+  zotorch::detail::apply_sweep(lists.cuda_table, plan);
+  C10_CUDA_CHECK(cudaStreamEndCapture(side.stream(), &graph));
+  size_t nodes = 0;
+  C10_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  CHECK(nodes == 4);  // one launch per storage type present
+  lists.require_equal("capture does not run the sweep");
+
+  cudaGraphExec_t exec = nullptr;
+  C10_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  C10_CUDA_CHECK(cudaGraphLaunch(exec, side.stream()));
+  C10_CUDA_CHECK(cudaGraphLaunch(exec, side.stream()));
+  side.synchronize();
+  zotorch::detail::cpu_sweep(lists.cpu_table, plan);
+  zotorch::detail::cpu_sweep(lists.cpu_table, plan);
+  lists.require_equal("two graph launches");
+  C10_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  C10_CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
+TEST_CASE("zotorch::noise with CUDA options equals the CPU noise bitwise", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  for (const at::ScalarType dtype : kDtypes) {
+    for (const Distribution dist : kDistributions) {
+      for (const int64_t numel : {int64_t{1}, int64_t{127}, int64_t{4099}, int64_t{100003}}) {
+        const uint64_t key = zotorch::step_key(2024, static_cast<uint64_t>(numel));
+        const at::Tensor cpu = zotorch::noise(key, 17, 3, {numel}, dist, at::TensorOptions().dtype(dtype));
+        const at::Tensor cuda = zotorch::noise(key, 17, 3, {numel}, dist, kCuda.dtype(dtype));
+        INFO(zotorch::to_string(dist) << " " << dtype << " x " << numel);
+        CHECK(cuda.device().is_cuda());
+        REQUIRE(first_difference(cpu, cuda).empty());
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA parameters without registered kernels give an error naming zotorch::cuda", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  TwinLists lists({{10, at::kFloat, 0, false}}, 5);
+  const SweepPlan plan = make_plan(Distribution::Rademacher, false, false, 1, 1, 6);
+  auto& backend = zotorch::detail::cuda_backend();
+  const auto registered = backend.sweep;
+  REQUIRE(registered != nullptr);  // the static registrar of cuda_kernels.cu ran
+  backend.sweep = nullptr;
+  CHECK_THROWS_WITH(zotorch::detail::apply_sweep(lists.cuda_table, plan), Catch::Contains("zotorch::cuda"));
+  zotorch::register_cuda_kernels();
+  CHECK(backend.sweep == registered);
+  lists.sweep(plan);
+  lists.require_equal("after explicit registration");
+}
+
+TEST_CASE("CUDA sweep runs on the parameters' device, not the current one", "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA_DEVICE();
+  if (c10::cuda::device_count() < 2) {
+    WARN("SKIPPED: needs two CUDA devices");
+    return;
+  }
+  std::vector<ParamSpec> specs = long_list();
+  specs.resize(20);
+  std::vector<at::Tensor> cpu, cuda;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const at::Tensor values = make_values(specs[i], 300 + i);
+    cpu.push_back(place(values, specs[i], at::TensorOptions()));
+    cuda.push_back(place(values, specs[i], kCuda.device(at::Device(at::kCUDA, 1))));
+  }
+  const SweepPlan plan = make_plan(Distribution::Gaussian, false, true, 4, 3, 301);
+  zotorch::detail::cpu_sweep(make_table(cpu, specs), plan);
+  {
+    const c10::cuda::CUDAGuard on_device_0(0);
+    zotorch::detail::apply_sweep(make_table(cuda, specs), plan);
+  }
+  for (size_t i = 0; i < specs.size(); ++i) REQUIRE(first_difference(cpu[i], cuda[i]).empty());
+}
