@@ -1,0 +1,16 @@
+// A library that uses zotorch but never names the CUDA kernels: the situation in which a linker
+// drops an unreferenced registrar object from a static archive.
+#include "core.h"
+
+#include <zotorch/zotorch.h>
+
+int64_t core_fzoo_steps(const torch::Device& device, int steps) {
+  torch::NoGradGuard no_grad;
+  auto x = torch::randn({8, 4}, device);
+  auto w = torch::zeros({4}, device);
+  zotorch::FZOO opt(std::vector<torch::Tensor>{w}, zotorch::FZOOOptions(1e-3).num_perturbations(4));
+  for (int step = 0; step < steps; ++step) {
+    opt.step([&] { return (x.matmul(w) - 1).pow(2).mean(); });
+  }
+  return opt.forward_passes();
+}

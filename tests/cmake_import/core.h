@@ -1,0 +1,9 @@
+// The consumer library's one entry point (see core.cpp).
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+
+/// Runs `steps` FZOO steps on a small least-squares problem on `device`; returns the forward passes.
+int64_t core_fzoo_steps(const torch::Device& device, int steps);

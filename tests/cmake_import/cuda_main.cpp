@@ -1,0 +1,24 @@
+// The kernels must be registered in a program that links them by either CMake route, GPU or not;
+// with a GPU, FZOO steps on CUDA parameters must then run through them.
+#include "core.h"
+
+#include <zotorch/detail/cuda_registry.h>
+
+#include <torch/cuda.h>
+
+#include <cstdio>
+
+int main() {
+  if (!zotorch::detail::cuda_kernels_available()) {
+    std::fprintf(stderr, "FAILED: zotorch's CUDA kernels are not registered in this program\n");
+    return 1;
+  }
+  std::printf("zotorch CUDA kernels registered\n");
+  if (!torch::cuda::is_available()) {
+    std::printf("no CUDA device: registration checked, the kernels were not run\n");
+    return 0;
+  }
+  const int64_t passes = core_fzoo_steps(torch::Device(torch::kCUDA), 3);
+  std::printf("3 FZOO steps on CUDA: %lld forward passes\n", static_cast<long long>(passes));
+  return passes == 3 * (4 + 1) ? 0 : 1;
+}
