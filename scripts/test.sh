@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds everything (library tests, examples, benchmarks, the install
+# test) in build/ and runs ctest; its summary line ("N% tests passed, ...") is the last it prints.
+# Idempotent: a second run reinstalls nothing and rebuilds only what changed.
+# Extra arguments go to ctest, e.g. ./scripts/test.sh -R fzoo
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+
+ZOTORCH_CTEST_STATUS=0
+zotorch_run_tests() {
+  ctest --test-dir "$ZOTORCH_BUILD_DIR" --output-on-failure -j "$ZOTORCH_JOBS" \
+        --output-log "$ZOTORCH_BUILD_DIR/ctest.log" "$@" || ZOTORCH_CTEST_STATUS=$?
+}
+
+total_start=$SECONDS
+zotorch_bootstrap
+zotorch_timed "ctest" zotorch_run_tests "$@"
+ZOTORCH_TIMINGS+=("$(printf '%-28s %5ds' "total" $((SECONDS - total_start)))")
+zotorch_print_timings
+# ctest's own summary, repeated last so that it is what a CI log ends with.
+grep -E '^[0-9]+% tests passed' "$ZOTORCH_BUILD_DIR/ctest.log" ||
+  echo "ctest printed no summary (exit status $ZOTORCH_CTEST_STATUS)"
+exit "$ZOTORCH_CTEST_STATUS"
