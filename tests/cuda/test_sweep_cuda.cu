@@ -153,7 +153,7 @@ TEST_CASE("CUDA sweep reuses its device table and rebuilds it when a data pointe
   lists.require_equal("after set_data, reused");
 }
 
-TEST_CASE("CUDA sweep runs on the current stream, also a non-default one", "[cuda]") {
+TEST_CASE("CUDA sweep runs on the current stream even when it is not the default one", "[cuda]") {
   ZOTORCH_REQUIRE_CUDA_DEVICE();
   TwinLists lists(long_list(), 88);
   const SweepPlan plan = make_plan(Distribution::Gaussian, false, true, 2, 3, 89);
@@ -169,7 +169,7 @@ TEST_CASE("CUDA sweep runs on the current stream, also a non-default one", "[cud
   CHECK(lists.builds() == 1);
 }
 
-TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync, no allocation, current stream", "[cuda]") {
+TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync or allocation and the current stream", "[cuda]") {
   ZOTORCH_REQUIRE_CUDA_DEVICE();
   TwinLists lists(long_list(), 99);
   const SweepPlan plan = make_plan(Distribution::Rademacher, true, true, 9, 3, 100);

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The one command for a lent GPU machine (torch in the system python, nvcc, no network): configure
+# for sm_90 against that torch, build, run ctest with the CUDA tests, the CUDA benchmarks and
+# compute-sanitizer, and write every log flat under $OUT (8 files at most). Needs .deps/ from
+# scripts/fetch-gpu-deps.sh (Catch2, and ninja/cmake wheels in case the machine has none).
+#
+#   scripts/gpu-check.sh [all | build | test | bench | sanitize]...     (default: all)
+#
+# Phases are separate so that each fits a 10-minute command: `build` first, then `test bench`, then
+# `sanitize`; the build directory ($ZOTORCH_GPU_BUILD, default build-gpu/) is reused between calls.
+# Environment: OUT (log folder, default out/gpu-check), PYTHON (default python3), CUDA_ARCH
+# (default 90), JOBS (default 16), ZOTORCH_DEPS (default .deps), TARGETS (build only these).
+# Exit status: 0 when every phase that ran passed, 1 otherwise; summary.txt says which failed.
+set -uo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+out="${OUT:-$root/out/gpu-check}"
+build="${ZOTORCH_GPU_BUILD:-$root/build-gpu}"
+deps="${ZOTORCH_DEPS:-$root/.deps}"
+python="${PYTHON:-python3}"
+arch="${CUDA_ARCH:-90}"
+jobs="${JOBS:-16}"
+mkdir -p "$out" "$build"
+
+# The 8 files under $OUT.
+env_log="$out/env.txt"
+build_log="$out/build.log"
+ctest_log="$out/ctest.log"
+cuda_log="$out/cuda_tests.log"
+bench_sweep_log="$out/bench_sweep.log"
+bench_other_log="$out/bench_other.log"
+sanitizer_log="$out/sanitizer.log"
+summary="$out/summary.txt"
+
+failed=0
+note() { echo "$*" | tee -a "$summary"; }
+# phase NAME COMMAND...: runs a phase function, records its status and duration.
+phase() {
+  local name="$1"
+  shift
+  local start=$SECONDS
+  if "$@"; then
+    note "PASS  $name ($((SECONDS - start)) s)"
+  else
+    note "FAIL  $name ($((SECONDS - start)) s)"
+    failed=1
+  fi
+}
+
+# ---- tools: system ones first, .deps wheels otherwise ----------------------------------------------
+unpack_wheel() {  # unpack_wheel NAME -> prints the unpacked folder, or nothing
+  local wheel
+  wheel="$(ls "$deps/wheels/$1"-*.whl 2>/dev/null | head -n 1)"
+  [[ -n "$wheel" ]] || return 1
+  local dir="$build/_tools/$1"
+  if [[ ! -d "$dir" ]]; then
+    mkdir -p "$dir" && "$python" -m zipfile -e "$wheel" "$dir" || return 1
+    find "$dir" -path '*/data/bin/*' -type f -exec chmod +x {} +
+  fi
+  echo "$dir"
+}
+
+cmake_bin="$(command -v cmake || true)"
+if [[ -n "$cmake_bin" ]]; then
+  version="$("$cmake_bin" --version | head -n 1 | grep -oE '[0-9]+\.[0-9]+' | head -n 1)"
+  if [[ "$(printf '%s\n3.22\n' "$version" | sort -V | head -n 1)" != "3.22" ]]; then cmake_bin=""; fi
+fi
+if [[ -z "$cmake_bin" ]] && dir="$(unpack_wheel cmake)"; then
+  cmake_bin="$(find "$dir" -path '*/data/bin/cmake' -type f | head -n 1)"
+fi
+ctest_bin="$(dirname "${cmake_bin:-/nonexistent}")/ctest"
+[[ -x "$ctest_bin" ]] || ctest_bin="$(command -v ctest || true)"
+ninja_bin="$(command -v ninja || true)"
+if [[ -z "$ninja_bin" ]] && dir="$(unpack_wheel ninja)"; then
+  ninja_bin="$(find "$dir" -path '*/data/bin/ninja' -type f | head -n 1)"
+fi
+nvcc_bin="$(command -v nvcc || true)"
+[[ -n "$nvcc_bin" ]] || nvcc_bin="$(ls /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc 2>/dev/null | sort -V | tail -n 1)"
+sanitizer_bin="$(command -v compute-sanitizer || true)"
+if [[ -z "$sanitizer_bin" && -n "$nvcc_bin" && -x "$(dirname "$nvcc_bin")/compute-sanitizer" ]]; then
+  sanitizer_bin="$(dirname "$nvcc_bin")/compute-sanitizer"
+fi
+
+{
+  echo "# gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ) phases: ${*:-all}"
+  echo "## host"; uname -a; nproc
+  echo "## git"; git -C "$root" log -1 --format='%H %s' 2>&1; git -C "$root" status --short 2>&1 | head -n 40
+  echo "## nvidia-smi"; nvidia-smi 2>&1
+  nvidia-smi --query-gpu=name,compute_cap,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv 2>&1
+  echo "## tools"
+  echo "nvcc: ${nvcc_bin:-none}"; [[ -n "$nvcc_bin" ]] && "$nvcc_bin" --version 2>&1 | tail -n 2
+  echo "cmake: ${cmake_bin:-none}"; [[ -n "$cmake_bin" ]] && "$cmake_bin" --version 2>&1 | head -n 1
+  echo "ninja: ${ninja_bin:-none (make)}"; [[ -n "$ninja_bin" ]] && "$ninja_bin" --version 2>&1
+  echo "compute-sanitizer: ${sanitizer_bin:-none}"
+  echo "c++: $(c++ --version 2>&1 | head -n 1)"
+  echo "## torch"
+  "$python" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' 2>&1
+  echo "## .deps"; ls -R "$deps" 2>&1 | head -n 20
+} >>"$env_log" 2>&1
+
+# ---- phases -----------------------------------------------------------------------------------------
+do_build() {
+  [[ -n "$cmake_bin" ]] || { echo "no cmake >= 3.22 and no .deps/wheels/cmake-*.whl" >>"$build_log"; return 1; }
+  [[ -n "$nvcc_bin" ]] || { echo "no nvcc on PATH or in /usr/local/cuda*/bin" >>"$build_log"; return 1; }
+  local torch_prefix
+  torch_prefix="$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')" || {
+    echo "$python cannot import torch" >>"$build_log"
+    return 1
+  }
+  local generator=(-G "Unix Makefiles")
+  [[ -n "$ninja_bin" ]] && generator=(-G Ninja -DCMAKE_MAKE_PROGRAM="$ninja_bin")
+  # -Xptxas=-v puts each kernel's registers and spills in the log: occupancy is what the sweep's
+  # bandwidth depends on.
+  "$cmake_bin" -S "$root" -B "$build" "${generator[@]}" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DZOTORCH_CUDA=ON \
+    -DCMAKE_CUDA_COMPILER="$nvcc_bin" \
+    -DCMAKE_CUDA_ARCHITECTURES="$arch" \
+    -DTORCH_CUDA_ARCH_LIST="${arch:0:${#arch}-1}.${arch: -1}" \
+    -DCMAKE_CUDA_FLAGS="-Xptxas=-v" \
+    -DCMAKE_PREFIX_PATH="$torch_prefix;$deps/catch2/usr" \
+    -DPython3_EXECUTABLE="$(command -v "$python")" >>"$build_log" 2>&1 || return 1
+  local targets=()
+  for target in ${TARGETS:-}; do targets+=(--target "$target"); done
+  "$cmake_bin" --build "$build" -j "$jobs" "${targets[@]}" >>"$build_log" 2>&1
+}
+
+do_test() {
+  [[ -n "$ctest_bin" && -d "$build" ]] || { echo "no ctest or no build; run the build phase first" >>"$ctest_log"; return 1; }
+  local status=0
+  (cd "$build" && "$ctest_bin" --output-on-failure -j 4 --timeout 900) >>"$ctest_log" 2>&1 || status=1
+  # The CUDA tests once more, alone, with their durations; on a GPU machine none may be skipped.
+  local tests="$build/tests/zotorch_cuda_tests"
+  if [[ -x "$tests" ]]; then
+    "$tests" --durations yes >>"$cuda_log" 2>&1 || status=1
+    if grep -q "SKIPPED: no CUDA device" "$cuda_log"; then
+      echo "ERROR: CUDA tests skipped on a GPU machine" >>"$cuda_log"
+      status=1
+    fi
+  else
+    echo "missing $tests" >>"$cuda_log"
+    status=1
+  fi
+  grep -E "tests passed|tests failed|Total Test time" "$ctest_log" | tail -n 2 >>"$summary"
+  return $status
+}
+
+do_bench() {
+  local status=0
+  local sweep="$build/benchmarks/bench_sweep"
+  if [[ -x "$sweep" ]]; then
+    "$sweep" --device cuda --case all --dtype all --dist all --terms all >>"$bench_sweep_log" 2>&1 || status=1
+  else
+    echo "missing $sweep" >>"$bench_sweep_log"
+    status=1
+  fi
+  # Every other benchmark that takes --device.
+  for bench in "$build"/benchmarks/bench_*; do
+    [[ -x "$bench" && "$(basename "$bench")" != bench_sweep ]] || continue
+    if "$bench" --help 2>&1 | grep -q -- "--device"; then
+      echo "## $(basename "$bench") --device cuda" >>"$bench_other_log"
+      timeout 600 "$bench" --device cuda >>"$bench_other_log" 2>&1 || status=1
+    fi
+  done
+  return $status
+}
+
+do_sanitize() {
+  [[ -n "$sanitizer_bin" ]] || { echo "no compute-sanitizer found" >>"$sanitizer_log"; return 1; }
+  local tests="$build/tests/zotorch_cuda_tests"
+  [[ -x "$tests" ]] || { echo "missing $tests; run the build phase first" >>"$sanitizer_log"; return 1; }
+  local status=0
+  # memcheck: out-of-bounds and misaligned accesses, on the lists with tails and misaligned views.
+  # racecheck / synccheck: the shared staging of Rademacher words and the warp barriers around it.
+  local runs=(
+    "memcheck|CUDA sweep equals the CPU sweep bitwise on a 300-tensor mixed list"
+    "memcheck|zotorch::noise with CUDA options equals the CPU noise bitwise"
+    "racecheck|CUDA sweep reuses its device table and rebuilds it when a data pointer changes"
+    "synccheck|CUDA sweep reuses its device table and rebuilds it when a data pointer changes"
+    "initcheck|CUDA sweep runs on the current stream even when it is not the default one"
+  )
+  for run in "${runs[@]}"; do
+    local tool="${run%%|*}" name="${run#*|}"
+    echo "## compute-sanitizer --tool $tool: $name" >>"$sanitizer_log"
+    timeout 900 "$sanitizer_bin" --tool "$tool" --error-exitcode 99 "$tests" "$name" >>"$sanitizer_log" 2>&1 || status=1
+  done
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$sanitizer_log" >>"$summary"
+  return $status
+}
+
+phases=("$@")
+[[ ${#phases[@]} -gt 0 ]] || phases=(all)
+for p in "${phases[@]}"; do
+  case "$p" in
+    all) phase build do_build; phase test do_test; phase bench do_bench; phase sanitize do_sanitize ;;
+    build) phase build do_build ;;
+    test) phase test do_test ;;
+    bench) phase bench do_bench ;;
+    sanitize) phase sanitize do_sanitize ;;
+    *) echo "usage: scripts/gpu-check.sh [all|build|test|bench|sanitize]..." >&2; exit 2 ;;
+  esac
+done
+exit $failed
