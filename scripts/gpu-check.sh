@@ -56,9 +56,14 @@ unpack_wheel() {  # unpack_wheel NAME -> prints the unpacked folder, or nothing
   local dir="$build/_tools/$1"
   if [[ ! -d "$dir" ]]; then
     mkdir -p "$dir" && "$python" -m zipfile -e "$wheel" "$dir" || return 1
-    find "$dir" -path '*/data/bin/*' -type f -exec chmod +x {} +
+    find "$dir" \( -path '*/data/bin/*' -o -path '*.data/scripts/*' \) -type f -exec chmod +x {} +
   fi
   echo "$dir"
+}
+wheel_tool() {  # wheel_tool NAME -> the executable NAME inside its unpacked wheel, or nothing
+  local dir
+  dir="$(unpack_wheel "$1")" || return 1
+  find "$dir" \( -path "*/data/bin/$1" -o -path "*.data/scripts/$1" \) -type f | head -n 1
 }
 
 cmake_bin="$(command -v cmake || true)"
@@ -66,15 +71,11 @@ if [[ -n "$cmake_bin" ]]; then
   version="$("$cmake_bin" --version | head -n 1 | grep -oE '[0-9]+\.[0-9]+' | head -n 1)"
   if [[ "$(printf '%s\n3.22\n' "$version" | sort -V | head -n 1)" != "3.22" ]]; then cmake_bin=""; fi
 fi
-if [[ -z "$cmake_bin" ]] && dir="$(unpack_wheel cmake)"; then
-  cmake_bin="$(find "$dir" -path '*/data/bin/cmake' -type f | head -n 1)"
-fi
+[[ -n "$cmake_bin" ]] || cmake_bin="$(wheel_tool cmake)"
 ctest_bin="$(dirname "${cmake_bin:-/nonexistent}")/ctest"
 [[ -x "$ctest_bin" ]] || ctest_bin="$(command -v ctest || true)"
 ninja_bin="$(command -v ninja || true)"
-if [[ -z "$ninja_bin" ]] && dir="$(unpack_wheel ninja)"; then
-  ninja_bin="$(find "$dir" -path '*/data/bin/ninja' -type f | head -n 1)"
-fi
+[[ -n "$ninja_bin" ]] || ninja_bin="$(wheel_tool ninja)"
 nvcc_bin="$(command -v nvcc || true)"
 [[ -n "$nvcc_bin" ]] || nvcc_bin="$(ls /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc 2>/dev/null | sort -V | tail -n 1)"
 sanitizer_bin="$(command -v compute-sanitizer || true)"
