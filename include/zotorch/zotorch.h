@@ -2,6 +2,7 @@
 #pragma once
 
 #include <zotorch/adamezo.h>
+#include <zotorch/checkpoint.h>
 #include <zotorch/distribution.h>
 #include <zotorch/fzoo.h>
 #include <zotorch/mezo.h>
