@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs zotorch's main example: build/examples/quickstart,
-# a fine-tune with forward passes only. Idempotent; arguments are passed to the example.
+# Installs what is missing, builds, and runs zotorch's main examples: build/examples/quickstart,
+# a fine-tune with forward passes only, then the fine-tuning comparison on a real model and real
+# data (examples/finetune_classifier/compare.sh). Idempotent; arguments go to the comparison.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 
@@ -13,9 +14,15 @@ if [ ! -x "$demo" ]; then
   fi
   zotorch_die "$demo was not built; see the build output above"
 fi
-zotorch_log "running $demo $*"
+zotorch_log "running $demo"
 status=0
-zotorch_timed "demo" "$demo" "$@" || status=$?
+zotorch_timed "demo" "$demo" || status=$?
+# The fine-tuning comparison (issue 5): all-MiniLM-L6-v2 on real labelled text, FZOO vs MeZO vs
+# AdaMeZO vs Adam; arguments go to it (examples/finetune_classifier/compare.sh --help).
+if [ "$status" -eq 0 ]; then
+  zotorch_timed "finetune comparison" env ZOTORCH_BUILD_DIR="$ZOTORCH_BUILD_DIR" \
+    "$ZOTORCH_ROOT/examples/finetune_classifier/compare.sh" "$@" || status=$?
+fi
 ZOTORCH_TIMINGS+=("$(printf '%-28s %5ds' "total" $((SECONDS - total_start)))")
 zotorch_print_timings
 exit "$status"
