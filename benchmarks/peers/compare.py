@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Pairs the JSON lines of bench_step ("impl": "zotorch") and peers/bench_step.py ("impl": "peer")
+measured in one run of benchmarks/compare.sh, and prints the ratios ours / peer per method and
+model size as a Markdown table; optionally writes the table to a file and plots overhead against
+model size (PNG, needs matplotlib).
+
+  compare.py RESULTS.jsonl [--markdown TABLE.md] [--plot OVERHEAD.png] [--title TEXT]"""
+import argparse
+import json
+import sys
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+    return rows
+
+
+def mib(b):
+    return b / 2**20
+
+
+def table(rows):
+    key = lambda r: (r["device"], r["dtype"], r["size"], r["batch"], r["seq"], r["method"])  # noqa: E731
+    ours = {key(r): r for r in rows if r["impl"] == "zotorch"}
+    peers = {key(r): r for r in rows if r["impl"] == "peer"}
+    order = {"mezo": 0, "adamezo": 1, "fzoo": 2, "adam": 3}
+    lines = [
+        "| method | params | batch×seq | step ms ours / peer | closure ms ours / peer | overhead ms ours / peer "
+        "| overhead ours/peer | step ours/peer | peak ours/peer | ours: overhead % of step | ours: peak − inference "
+        "| state bytes ours / peer |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    pairs = []
+    for k in sorted(ours, key=lambda k: (ours[k]["params"], order.get(k[5], 9))):
+        o, p = ours[k], peers.get(k)
+        if p is None:
+            continue
+        pairs.append((o, p))
+        lines.append(
+            f"| {o['method']} | {o['params'] / 1e6:.1f}M | {o['batch']}×{o['seq']} "
+            f"| {o['step_ms']:.1f} / {p['step_ms']:.1f} | {o['closure_ms']:.1f} / {p['closure_ms']:.1f} "
+            f"| {o['overhead_ms']:.2f} / {p['overhead_ms']:.2f} "
+            f"| **{o['overhead_ms'] / p['overhead_ms']:.3f}** | {o['step_ms'] / p['step_ms']:.3f} "
+            f"| {o['peak_bytes'] / p['peak_bytes']:.3f} | {100 * o['overhead_fraction']:.1f}% "
+            f"| {mib(o['peak_bytes'] - o['inference_peak_bytes']):+.3f} MiB "
+            f"| {o['optimizer_state_bytes']} / {p['optimizer_state_bytes']} |")
+    return "\n".join(lines), pairs
+
+
+def plot(pairs, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"mezo": "tab:blue", "adamezo": "tab:green", "fzoo": "tab:red", "adam": "tab:gray"}
+    for method in ("mezo", "adamezo", "fzoo", "adam"):
+        sel = sorted([(o, p) for o, p in pairs if o["method"] == method], key=lambda op: op[0]["params"])
+        if not sel:
+            continue
+        x = [o["params"] for o, _ in sel]
+        ax.plot(x, [o["overhead_ms"] for o, _ in sel], "o-", color=colors[method], label=f"{method} zotorch")
+        ax.plot(x, [p["overhead_ms"] for _, p in sel], "s--", color=colors[method], alpha=0.6,
+                label=f"{method} peer")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("optimizer overhead per step (ms) = step − closure")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results")
+    ap.add_argument("--markdown")
+    ap.add_argument("--plot")
+    ap.add_argument("--title", default="zotorch vs reference-style Python steps")
+    a = ap.parse_args()
+    text, pairs = table(load(a.results))
+    if not pairs:
+        sys.exit(f"compare.py: {a.results} has no pair of zotorch and peer results with the same settings")
+    print(text)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(text + "\n")
+    if a.plot:
+        plot(pairs, a.plot, a.title)
+
+
+if __name__ == "__main__":
+    main()
