@@ -8,8 +8,29 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <type_traits>
 #include <vector>
+
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define ZOTORCH_CPU_SSE2 1
+#endif
+
+// Runtime dispatch to an AVX2 build of the same loops (GCC/Clang on x86-64 only; nvcc's host pass
+// and other compilers get the portable build). AVX2 without FMA: no instruction that could fuse a
+// multiply and an add exists in that build, so contraction cannot change a single bit.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
+    !defined(ZOTORCH_NO_CPU_DISPATCH)
+#define ZOTORCH_CPU_AVX2_DISPATCH 1
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ZOTORCH_CPU_INLINE __attribute__((always_inline)) inline
+#else
+#define ZOTORCH_CPU_INLINE inline
+#endif
 
 namespace zotorch {
 namespace detail {
@@ -18,6 +39,8 @@ namespace detail {
 constexpr int64_t kCpuChunk = 128;
 /// Chunks per parallel_for grain: small tensors stay on the calling thread.
 constexpr int64_t kCpuGrainChunks = 32;
+/// Chunks swept together: their Rademacher blocks come from one 8-lane Philox evaluation.
+constexpr int kCpuSpan = 8;
 
 /// A param group's scalars resolved into the arithmetic type for one sweep.
 template <class A>
@@ -30,11 +53,14 @@ struct ResolvedGroup {
   A v_weight[kMaxTerms];
 };
 
-/// alpha_k + lr·beta_k of `group`, in double, rounded once to A. The CUDA kernels resolve their
+/// keep·alpha_k + lr·beta_k of `group`, in double, rounded once to A (the SPEC in sweep.h: decay
+/// applies to θ with its alpha offsets removed, so a fused restore + decayed update decays the
+/// unperturbed θ; tests/test_mezo.cpp checks this bit for bit). The CUDA kernels resolve their
 /// coefficients with this same function; mul/add keep nvcc from contracting it into an fma.
 template <class A>
 ZOTORCH_HD A resolve_coefficient(const SweepPlan& plan, int group, int k) {
-  return static_cast<A>(add(plan.terms[k].alpha, mul(plan.groups[group].lr, plan.terms[k].beta)));
+  const GroupScalars& g = plan.groups[group];
+  return static_cast<A>(add(mul(g.keep, plan.terms[k].alpha), mul(g.lr, plan.terms[k].beta)));
 }
 
 template <class A>
@@ -52,90 +78,502 @@ ResolvedGroup<A> resolve_group(const SweepPlan& plan, int group) {
   return out;
 }
 
-/// Fills z[0..127] with the Gaussian direction of one chunk (32 Philox blocks).
-inline void gaussian_chunk(uint64_t key, uint32_t tensor_id, uint32_t probe, int64_t chunk, float* z) {
-  uint32_t w0[32], w1[32], w2[32], w3[32];
-  const uint64_t first_block = static_cast<uint64_t>(chunk) * (kCpuChunk / kGaussianBlock);
-  for (int b = 0; b < 32; ++b) {
-    const Words4 bits = noise_block(key, tensor_id, probe, first_block + b);
-    w0[b] = bits.w[0];
-    w1[b] = bits.w[1];
-    w2[b] = bits.w[2];
-    w3[b] = bits.w[3];
+/// Which CPU kernels sweeps may use: Best (the default) picks the widest the CPU runs; tests and
+/// benchmarks pin the others to compare them. All of them compute the same bits.
+enum class CpuKernels : uint8_t {
+  Best,      ///< AVX2 loops with AVX-512F Philox where the CPU has them
+  Avx2,      ///< AVX2 loops and Philox, no AVX-512
+  Portable,  ///< the loops as the user's compiler flags build them
+};
+inline CpuKernels& cpu_kernels() {
+  static CpuKernels kernels = CpuKernels::Best;
+  return kernels;
+}
+
+// The kernels below differ between a build with runtime dispatch and one without (nvcc's host
+// pass, other compilers): distinct inline namespaces keep the two from being merged by the linker
+// when both kinds of translation unit end up in one program.
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+#define ZOTORCH_CPU_KERNELS_ABI cpu_dispatch_avx2
+#else
+#define ZOTORCH_CPU_KERNELS_ABI cpu_portable
+#endif
+inline namespace ZOTORCH_CPU_KERNELS_ABI {
+
+// ---------------------------------------------------------------------------------------------
+// Vectorisable building blocks. Each is a structure-of-arrays rewrite of an element function of
+// philox.h / sweep.h with the same operations in the same order, so it returns the same bits;
+// tests/test_sweep_cpu.cpp holds them side by side.
+
+/// Philox4x32-10 of N consecutive blocks first_block, first_block + 1, ... of one stream, one block
+/// per lane: out[w][lane] is word w of block first_block + lane (philox4x32_10 lane by lane).
+template <int N>
+ZOTORCH_CPU_INLINE void philox_lanes(uint64_t key, uint32_t tensor_id, uint32_t probe, uint64_t first_block,
+                                     uint32_t (*out)[N]) {
+  alignas(64) uint32_t c0[N], c1[N], c2[N], c3[N];
+  for (int i = 0; i < N; ++i) {
+    const uint64_t block = first_block + static_cast<uint64_t>(i);
+    c0[i] = static_cast<uint32_t>(block);
+    c1[i] = static_cast<uint32_t>(block >> 32);
+    c2[i] = tensor_id;
+    c3[i] = probe;
   }
-  for (int b = 0; b < 32; ++b) {
-    const Normals4 n = gaussian4(Words4{{w0[b], w1[b], w2[b], w3[b]}});
-    z[4 * b + 0] = n.z[0];
-    z[4 * b + 1] = n.z[1];
-    z[4 * b + 2] = n.z[2];
-    z[4 * b + 3] = n.z[3];
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    for (int i = 0; i < N; ++i) {
+      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0[i];
+      const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2[i];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[i] ^ k0, n1 = static_cast<uint32_t>(p1);
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[i] ^ k1, n3 = static_cast<uint32_t>(p0);
+      c0[i] = n0;
+      c1[i] = n1;
+      c2[i] = n2;
+      c3[i] = n3;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  for (int i = 0; i < N; ++i) {
+    out[0][i] = c0[i];
+    out[1][i] = c1[i];
+    out[2][i] = c2[i];
+    out[3][i] = c3[i];
   }
 }
 
-/// Sweeps chunks [chunk_begin, chunk_end) of one tensor.
-template <class Storage, Distribution Dist, bool Adaptive>
-void cpu_sweep_chunks(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
-                      const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
-  using A = typename Storage::acc;
-  alignas(64) A s[kCpuChunk];
-  alignas(64) A m[kCpuChunk];
-  alignas(64) A v[kCpuChunk];
-  alignas(64) float z[kCpuChunk];
-  alignas(64) float uniform[kCpuChunk];
-  for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
-    const int64_t start = chunk * kCpuChunk;
-    const int64_t count = std::min<int64_t>(kCpuChunk, numel - start);
-    for (int i = 0; i < kCpuChunk; ++i) s[i] = A(0);
-    if (Adaptive) {
-      for (int i = 0; i < kCpuChunk; ++i) m[i] = v[i] = A(0);
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+/// philox_lanes with AVX2 intrinsics: the auto-vectorised loop spends most of its time shuffling
+/// 64-bit products; here each 32×32→64 multiply is two vpmuludq (even and odd lanes) and two
+/// blends. Four independent groups of 8 lanes are in flight to hide the multiply latency.
+/// Not always_inline: GCC refuses to inline a target("avx2") function into a template that is not
+/// itself compiled for AVX2; it is only called from code built for AVX2.
+template <int N>
+__attribute__((target("avx2"))) inline void philox_lanes_avx2(uint64_t key, uint32_t tensor_id, uint32_t probe,
+                                                              uint64_t first_block, uint32_t (*out)[N]) {
+  static_assert(N % 8 == 0, "whole groups of 8 lanes");
+  constexpr int kGroups = N >= 32 ? 4 : N >= 16 ? 2 : 1;
+  alignas(32) uint32_t lo[N], hi[N];
+  for (int i = 0; i < N; ++i) {
+    const uint64_t block = first_block + static_cast<uint64_t>(i);
+    lo[i] = static_cast<uint32_t>(block);
+    hi[i] = static_cast<uint32_t>(block >> 32);
+  }
+  const __m256i mul0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m256i mul1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  for (int g0 = 0; g0 < N; g0 += 8 * kGroups) {
+    __m256i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
+#pragma GCC unroll 4
+    for (int g = 0; g < kGroups; ++g) {
+      c0[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo + g0 + 8 * g));
+      c1[g] = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi + g0 + 8 * g));
+      c2[g] = _mm256_set1_epi32(static_cast<int>(tensor_id));
+      c3[g] = _mm256_set1_epi32(static_cast<int>(probe));
     }
-    for (int k = 0; k < plan.num_terms; ++k) {
+    uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+    for (int round = 0; round < 10; ++round) {
+      const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
+#pragma GCC unroll 4
+    for (int g = 0; g < kGroups; ++g) {
+        // p0 = mul0·c0, p1 = mul1·c2, as (hi, lo) word pairs per lane.
+        const __m256i p0_even = _mm256_mul_epu32(c0[g], mul0);
+        const __m256i p0_odd = _mm256_mul_epu32(_mm256_srli_epi64(c0[g], 32), mul0);
+        const __m256i p1_even = _mm256_mul_epu32(c2[g], mul1);
+        const __m256i p1_odd = _mm256_mul_epu32(_mm256_srli_epi64(c2[g], 32), mul1);
+        const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(p0_even, 32), p0_odd, 0xAA);
+        const __m256i lo0 = _mm256_blend_epi32(p0_even, _mm256_slli_epi64(p0_odd, 32), 0xAA);
+        const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(p1_even, 32), p1_odd, 0xAA);
+        const __m256i lo1 = _mm256_blend_epi32(p1_even, _mm256_slli_epi64(p1_odd, 32), 0xAA);
+        c0[g] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[g]), key0);
+        c1[g] = lo1;
+        c2[g] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[g]), key1);
+        c3[g] = lo0;
+      }
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+#pragma GCC unroll 4
+    for (int g = 0; g < kGroups; ++g) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[0][g0 + 8 * g]), c0[g]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[1][g0 + 8 * g]), c1[g]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[2][g0 + 8 * g]), c2[g]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[3][g0 + 8 * g]), c3[g]);
+    }
+  }
+}
+
+#if !defined(ZOTORCH_NO_AVX512)
+// GCC 12's own avx512fintrin.h trips -Wuninitialized (GCC bug 105593) once its intrinsics inline.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+/// philox_lanes with AVX-512F, 16 lanes per register. Integer instructions only, so no build
+/// flag can change a bit of it; float code stays in the AVX2 build (AVX-512F would let GCC
+/// contract a·b + c into an fma).
+template <int N>
+__attribute__((target("avx512f"))) inline void philox_lanes_avx512(uint64_t key, uint32_t tensor_id, uint32_t probe,
+                                                                  uint64_t first_block, uint32_t (*out)[N]) {
+  static_assert(N % 16 == 0, "whole groups of 16 lanes");
+  constexpr int kGroups = N / 16 >= 2 ? 2 : 1;
+  alignas(64) uint32_t lo[N], hi[N];
+  for (int i = 0; i < N; ++i) {
+    const uint64_t block = first_block + static_cast<uint64_t>(i);
+    lo[i] = static_cast<uint32_t>(block);
+    hi[i] = static_cast<uint32_t>(block >> 32);
+  }
+  const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
+  const __m512i mul1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  constexpr __mmask16 kOdd = 0xAAAA;
+  for (int g0 = 0; g0 < N; g0 += 16 * kGroups) {
+    __m512i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
+#pragma GCC unroll 2
+    for (int g = 0; g < kGroups; ++g) {
+      c0[g] = _mm512_load_si512(lo + g0 + 16 * g);
+      c1[g] = _mm512_load_si512(hi + g0 + 16 * g);
+      c2[g] = _mm512_set1_epi32(static_cast<int>(tensor_id));
+      c3[g] = _mm512_set1_epi32(static_cast<int>(probe));
+    }
+    uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+    for (int round = 0; round < 10; ++round) {
+      const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0)), key1 = _mm512_set1_epi32(static_cast<int>(k1));
+#pragma GCC unroll 2
+      for (int g = 0; g < kGroups; ++g) {
+        const __m512i p0_even = _mm512_mul_epu32(c0[g], mul0);
+        const __m512i p0_odd = _mm512_mul_epu32(_mm512_srli_epi64(c0[g], 32), mul0);
+        const __m512i p1_even = _mm512_mul_epu32(c2[g], mul1);
+        const __m512i p1_odd = _mm512_mul_epu32(_mm512_srli_epi64(c2[g], 32), mul1);
+        const __m512i hi0 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(p0_even, 32), p0_odd);
+        const __m512i lo0 = _mm512_mask_blend_epi32(kOdd, p0_even, _mm512_slli_epi64(p0_odd, 32));
+        const __m512i hi1 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(p1_even, 32), p1_odd);
+        const __m512i lo1 = _mm512_mask_blend_epi32(kOdd, p1_even, _mm512_slli_epi64(p1_odd, 32));
+        c0[g] = _mm512_xor_si512(_mm512_xor_si512(hi1, c1[g]), key0);
+        c1[g] = lo1;
+        c2[g] = _mm512_xor_si512(_mm512_xor_si512(hi0, c3[g]), key1);
+        c3[g] = lo0;
+      }
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+#pragma GCC unroll 2
+    for (int g = 0; g < kGroups; ++g) {
+      _mm512_storeu_si512(&out[0][g0 + 16 * g], c0[g]);
+      _mm512_storeu_si512(&out[1][g0 + 16 * g], c1[g]);
+      _mm512_storeu_si512(&out[2][g0 + 16 * g], c2[g]);
+      _mm512_storeu_si512(&out[3][g0 + 16 * g], c3[g]);
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+inline bool cpu_use_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has && cpu_kernels() == CpuKernels::Best;
+}
+#endif
+#endif
+
+/// The Philox of the build a sweep runs in: AVX-512F or AVX2 intrinsics in the AVX2 build, else
+/// the auto-vectorised loop. All return philox4x32_10's words.
+template <bool Avx2, int N>
+ZOTORCH_CPU_INLINE void philox_batch(uint64_t key, uint32_t tensor_id, uint32_t probe, uint64_t first_block,
+                                     uint32_t (*out)[N]) {
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+  if constexpr (Avx2) {
+#if !defined(ZOTORCH_NO_AVX512)
+    if constexpr (N % 16 == 0) {
+      if (cpu_use_avx512()) {
+        philox_lanes_avx512<N>(key, tensor_id, probe, first_block, out);
+        return;
+      }
+    }
+#endif
+    philox_lanes_avx2<N>(key, tensor_id, probe, first_block, out);
+    return;
+  }
+#endif
+  philox_lanes<N>(key, tensor_id, probe, first_block, out);
+}
+
+/// Bit b of a word, for the sign masks: a table load instead of a per-lane variable shift, which
+/// SSE2 does not have.
+struct BitTable {
+  alignas(64) static constexpr uint32_t bit[32] = {
+      1u << 0,  1u << 1,  1u << 2,  1u << 3,  1u << 4,  1u << 5,  1u << 6,  1u << 7,  1u << 8,  1u << 9,  1u << 10,
+      1u << 11, 1u << 12, 1u << 13, 1u << 14, 1u << 15, 1u << 16, 1u << 17, 1u << 18, 1u << 19, 1u << 20, 1u << 21,
+      1u << 22, 1u << 23, 1u << 24, 1u << 25, 1u << 26, 1u << 27, 1u << 28, 1u << 29, 1u << 30, 1u << 31};
+};
+
+/// rademacher_sign_mask for the 32 elements of one word.
+ZOTORCH_CPU_INLINE uint32_t sign_mask_of_bit(uint32_t word, int b) {
+  return (word & BitTable::bit[b]) != 0u ? 0x80000000u : 0u;
+}
+
+/// out[i] = sqrt(in[i]) for n a multiple of 4: correctly rounded, as sqrtf. A loop over sqrtf
+/// does not vectorise while sqrtf may set errno.
+ZOTORCH_CPU_INLINE void sqrt_lanes(const float* in, float* out, int n) {
+#if defined(ZOTORCH_CPU_SSE2)
+  for (int i = 0; i < n; i += 4) _mm_store_ps(out + i, _mm_sqrt_ps(_mm_load_ps(in + i)));
+#else
+  for (int i = 0; i < n; ++i) out[i] = std::sqrt(in[i]);
+#endif
+}
+
+/// gaussian4 of 32 consecutive blocks: z[0..127] = the Gaussian direction of one chunk.
+template <bool Avx2>
+ZOTORCH_CPU_INLINE void gaussian_chunk(uint64_t key, uint32_t tensor_id, uint32_t probe, int64_t chunk, float* z) {
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kGaussianBlock);
+  alignas(64) uint32_t words[4][kBlocks];
+  philox_batch<Avx2, kBlocks>(key, tensor_id, probe, static_cast<uint64_t>(chunk) * kBlocks, words);
+  // Pair p of block b takes its radius from word 2p and its angle from word 2p + 1.
+  alignas(64) float radius_sq[2][kBlocks], radius[2][kBlocks], cosine[2][kBlocks], sine[2][kBlocks];
+  for (int pair = 0; pair < 2; ++pair) {
+    for (int b = 0; b < kBlocks; ++b) {
+      radius_sq[pair][b] = mul(-2.0f, log_unit(open_uniform(words[2 * pair][b])));
+      const SinCos sc = sincos_turns(open_uniform(words[2 * pair + 1][b]));
+      cosine[pair][b] = sc.cos;
+      sine[pair][b] = sc.sin;
+    }
+  }
+  sqrt_lanes(&radius_sq[0][0], &radius[0][0], 2 * kBlocks);
+  for (int b = 0; b < kBlocks; ++b) {
+    z[4 * b + 0] = mul(radius[0][b], cosine[0][b]);
+    z[4 * b + 1] = mul(radius[0][b], sine[0][b]);
+    z[4 * b + 2] = mul(radius[1][b], cosine[1][b]);
+    z[4 * b + 3] = mul(radius[1][b], sine[1][b]);
+  }
+}
+
+/// The stochastic-rounding uniforms of one chunk: element i draws word i % 4 of block i / 4.
+template <bool Avx2>
+ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t chunk, float* uniform) {
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kRoundingBlock);
+  alignas(64) uint32_t words[4][kBlocks];
+  philox_batch<Avx2, kBlocks>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(chunk) * kBlocks, words);
+  for (int b = 0; b < kBlocks; ++b) {
+    uniform[4 * b + 0] = half_open_uniform(words[0][b]);
+    uniform[4 * b + 1] = half_open_uniform(words[1][b]);
+    uniform[4 * b + 2] = half_open_uniform(words[2][b]);
+    uniform[4 * b + 3] = half_open_uniform(words[3][b]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sweep of whole chunks. Per element the order is sweep.h's: s, m, v start at 0 and take
+// terms 0, 1, 2, ... in turn, then y = update(x), then one rounding.
+
+template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic, bool Avx2>
+struct CpuChunks {
+  using S = typename Storage::storage;
+  using A = typename Storage::acc;
+  static constexpr int kElements = kCpuSpan * static_cast<int>(kCpuChunk);
+  static constexpr int kMoments = Adaptive ? kElements : 1;
+
+  /// Sweeps chunks first_chunk .. first_chunk + n - 1 (1 ≤ n ≤ kCpuSpan), all full, at `out`.
+  /// Terms before the last accumulate into s (m, v) in L1; the last term of a linear sweep is added
+  /// in the pass that reads and writes θ, so a one-term sweep (every perturbation) keeps s in
+  /// registers and touches each element once.
+  ZOTORCH_CPU_INLINE static void sweep(S* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan,
+                                       const ResolvedGroup<A>& group) {
+    alignas(64) A s[kElements];
+    alignas(64) A m[kMoments];
+    alignas(64) A v[kMoments];
+    const int count = n * static_cast<int>(kCpuChunk);
+    const int fused = (!Adaptive && plan.num_terms > 0) ? 1 : 0;  // terms added in the final pass
+    const int stored = plan.num_terms - fused;                      // terms accumulated into s
+    if (Adaptive || stored > 0) {
+      for (int i = 0; i < count; ++i) s[i] = A(0);
+    }
+    if constexpr (Adaptive) {
+      for (int i = 0; i < count; ++i) m[i] = A(0);
+      for (int i = 0; i < count; ++i) v[i] = A(0);
+    }
+    for (int k = 0; k < stored; ++k) {
       const SweepTerm& term = plan.terms[k];
       const A c = group.coefficient[k];
-      if (Dist == Distribution::Rademacher) {
-        const Words4 bits = noise_block(term.key, tensor_id, term.probe, static_cast<uint64_t>(chunk));
-        for (int q = 0; q < 4; ++q) {
-          const uint32_t word = bits.w[q];
-          A* sq = s + 32 * q;
-          for (int b = 0; b < 32; ++b) sq[b] = accumulate_sign(sq[b], c, ((word >> b) & 1u) << 31);
-          if (Adaptive) {
-            A* mq = m + 32 * q;
-            A* vq = v + 32 * q;
-            for (int b = 0; b < 32; ++b) {
-              mq[b] = accumulate_sign(mq[b], group.m_weight[k], ((word >> b) & 1u) << 31);
-              vq[b] = add(vq[b], group.v_weight[k]);  // z² = 1
+      if constexpr (Dist == Distribution::Rademacher) {
+        alignas(64) uint32_t words[4][kCpuSpan];
+        philox_batch<Avx2, kCpuSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words);
+        for (int ch = 0; ch < n; ++ch) {
+          for (int q = 0; q < 4; ++q) {
+            const uint32_t word = words[q][ch];
+            A* sq = s + ch * kCpuChunk + 32 * q;
+            for (int b = 0; b < 32; ++b) sq[b] = accumulate_sign(sq[b], c, sign_mask_of_bit(word, b));
+            if constexpr (Adaptive) {
+              const A mw = group.m_weight[k], vw = group.v_weight[k];
+              A* mq = m + ch * kCpuChunk + 32 * q;
+              A* vq = v + ch * kCpuChunk + 32 * q;
+              for (int b = 0; b < 32; ++b) mq[b] = accumulate_sign(mq[b], mw, sign_mask_of_bit(word, b));
+              for (int b = 0; b < 32; ++b) vq[b] = add(vq[b], vw);  // z² = 1
             }
           }
         }
       } else {
-        gaussian_chunk(term.key, tensor_id, term.probe, chunk, z);
-        for (int i = 0; i < kCpuChunk; ++i) s[i] = accumulate_value(s[i], c, z[i]);
-        if (Adaptive) {
-          for (int i = 0; i < kCpuChunk; ++i) {
-            m[i] = accumulate_value(m[i], group.m_weight[k], z[i]);
-            v[i] = accumulate_value(v[i], group.v_weight[k], z[i] * z[i]);
+        alignas(64) float z[kCpuChunk];
+        for (int ch = 0; ch < n; ++ch) {
+          gaussian_chunk<Avx2>(term.key, tensor_id, term.probe, first_chunk + ch, z);
+          A* sc = s + ch * kCpuChunk;
+          for (int i = 0; i < kCpuChunk; ++i) sc[i] = accumulate_value(sc[i], c, z[i]);
+          if constexpr (Adaptive) {
+            const A mw = group.m_weight[k], vw = group.v_weight[k];
+            A* mc = m + ch * kCpuChunk;
+            A* vc = v + ch * kCpuChunk;
+            for (int i = 0; i < kCpuChunk; ++i) mc[i] = accumulate_value(mc[i], mw, z[i]);
+            for (int i = 0; i < kCpuChunk; ++i) vc[i] = accumulate_square(vc[i], vw, z[i]);
           }
         }
       }
     }
-    typename Storage::storage* out = data + start;
-    if (Storage::is_16_bit && plan.stochastic_rounding) {
-      const uint64_t first_block = static_cast<uint64_t>(start) / kRoundingBlock;
-      for (int b = 0; b < kCpuChunk / kRoundingBlock; ++b) {
-        const Words4 bits = noise_block(plan.rounding_key, tensor_id, kRoundingProbe, first_block + b);
-        for (int q = 0; q < 4; ++q) uniform[4 * b + q] = half_open_uniform(bits.w[q]);
+    if constexpr (Adaptive) {
+      finish_adaptive(out, first_chunk, n, tensor_id, plan, group, s, m, v);
+    } else if (fused == 0) {
+      // No direction at all (a decay-only sweep): s is 0.
+      for (int i = 0; i < count; ++i) s[i] = A(0);
+      finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, A(0), nullptr);
+    } else {
+      const SweepTerm& last = plan.terms[stored];
+      const A c = group.coefficient[stored];
+      alignas(64) uint32_t words[4][kCpuSpan];
+      if constexpr (Dist == Distribution::Rademacher) {
+        philox_batch<Avx2, kCpuSpan>(last.key, tensor_id, last.probe, static_cast<uint64_t>(first_chunk), words);
       }
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const A x = Storage::widen(out[i]);
-      const A y = Adaptive ? adaptive_update(group.keep, x, s[i], m[i], v[i], group.adaptive_step, group.adaptive_stab)
-                           : linear_update(group.keep, x, s[i]);
-      if constexpr (Storage::is_16_bit) {
-        out[i] = plan.stochastic_rounding ? narrow_stochastic<Storage>(y, uniform[i]) : Storage::narrow(y);
+      if (stored > 0) {
+        finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last);
       } else {
-        out[i] = Storage::narrow(y);
+        finish_linear<false>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last);
       }
     }
+  }
+
+  /// The pass over θ of a linear sweep: s (from the array when Partial, else 0) plus the last term
+  /// c·z, then y = keep·x + s, then one rounding. `last` is null when there is no term.
+  template <bool Partial>
+  ZOTORCH_CPU_INLINE static void finish_linear(S* out, int64_t first_chunk, int n, uint32_t tensor_id,
+                                               const SweepPlan& plan, const ResolvedGroup<A>& group, const A* s, A c,
+                                               const uint32_t* last_words, const SweepTerm* last = nullptr) {
+    const A keep = group.keep;
+    for (int ch = 0; ch < n; ++ch) {
+      S* o = out + ch * kCpuChunk;
+      const A* sc = s + ch * kCpuChunk;
+      alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
+      if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
+      auto store = [&](int i, A y) {
+        if constexpr (Stochastic) {
+          o[i] = narrow_stochastic<Storage>(y, uniform[i]);
+        } else {
+          o[i] = Storage::narrow(y);
+        }
+      };
+      if (last == nullptr) {
+        for (int i = 0; i < kCpuChunk; ++i) store(i, linear_update(keep, Storage::widen(o[i]), sc[i]));
+      } else if constexpr (Dist == Distribution::Rademacher) {
+        for (int q = 0; q < 4; ++q) {
+          const uint32_t word = last_words[q * kCpuSpan + ch];
+          for (int b = 0; b < 32; ++b) {
+            const int i = 32 * q + b;
+            const A partial = Partial ? sc[i] : A(0);
+            store(i, linear_update(keep, Storage::widen(o[i]), accumulate_sign(partial, c, sign_mask_of_bit(word, b))));
+          }
+        }
+      } else {
+        alignas(64) float z[kCpuChunk];
+        gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+        for (int i = 0; i < kCpuChunk; ++i) {
+          const A partial = Partial ? sc[i] : A(0);
+          store(i, linear_update(keep, Storage::widen(o[i]), accumulate_value(partial, c, z[i])));
+        }
+      }
+    }
+  }
+
+  /// The pass over θ of an adaptive sweep: every term is in s, m, v already.
+  ZOTORCH_CPU_INLINE static void finish_adaptive(S* out, int64_t first_chunk, int n, uint32_t tensor_id,
+                                                 const SweepPlan& plan, const ResolvedGroup<A>& group, const A* s,
+                                                 const A* m, const A* v) {
+    const A keep = group.keep, step = group.adaptive_step, stab = group.adaptive_stab;
+    for (int ch = 0; ch < n; ++ch) {
+      S* o = out + ch * kCpuChunk;
+      const int base = ch * static_cast<int>(kCpuChunk);
+      alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
+      if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
+      for (int i = 0; i < kCpuChunk; ++i) {
+        const A y = adaptive_update(keep, Storage::widen(o[i]), s[base + i], m[base + i], v[base + i], step, stab);
+        if constexpr (Stochastic) {
+          o[i] = narrow_stochastic<Storage>(y, uniform[i]);
+        } else {
+          o[i] = Storage::narrow(y);
+        }
+      }
+    }
+  }
+
+  /// Sweeps chunks [chunk_begin, chunk_end) of one tensor of `numel` elements; a partial last chunk
+  /// goes through a zero-padded copy so that every chunk takes the same vectorised path.
+  ZOTORCH_CPU_INLINE static void run(S* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
+                                     const ResolvedGroup<A>& group, int64_t chunk_begin, int64_t chunk_end) {
+    const int64_t full_chunks = numel / kCpuChunk;
+    const int64_t full_end = std::min(chunk_end, full_chunks);
+    for (int64_t chunk = chunk_begin; chunk < full_end; chunk += kCpuSpan) {
+      const int n = static_cast<int>(std::min<int64_t>(kCpuSpan, full_end - chunk));
+      sweep(data + chunk * kCpuChunk, chunk, n, tensor_id, plan, group);
+    }
+    if (full_chunks >= chunk_begin && full_chunks < chunk_end) {
+      const int64_t start = full_chunks * kCpuChunk;
+      const int64_t count = numel - start;
+      alignas(64) S tail[kCpuChunk] = {};
+      std::copy(data + start, data + numel, tail);
+      sweep(tail, full_chunks, 1, tensor_id, plan, group);
+      std::copy(tail, tail + count, data + start);
+    }
+  }
+};
+
+/// The portable build of the chunk loop; compiled with the user's flags.
+template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
+void cpu_sweep_span(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
+                    const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
+  CpuChunks<Storage, Dist, Adaptive, Stochastic, false>::run(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
+}
+
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+/// The same loop built for AVX2 (8 lanes instead of SSE2's 4), chosen at run time.
+template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
+__attribute__((target("avx2"))) void cpu_sweep_span_avx2(typename Storage::storage* data, int64_t numel,
+                                                         uint32_t tensor_id, const SweepPlan& plan,
+                                                         const ResolvedGroup<typename Storage::acc>& group,
+                                                         int64_t chunk_begin, int64_t chunk_end) {
+  CpuChunks<Storage, Dist, Adaptive, Stochastic, true>::run(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
+}
+
+inline bool cpu_use_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has && cpu_kernels() != CpuKernels::Portable;
+}
+#endif
+
+template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
+void cpu_sweep_dispatch(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
+                        const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+  if (cpu_use_avx2()) {
+    cpu_sweep_span_avx2<Storage, Dist, Adaptive, Stochastic>(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
+    return;
+  }
+#endif
+  cpu_sweep_span<Storage, Dist, Adaptive, Stochastic>(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
+}
+
+template <class Storage, Distribution Dist, bool Adaptive>
+void cpu_sweep_rounding(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
+                        const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
+  if (Storage::is_16_bit && plan.stochastic_rounding) {
+    cpu_sweep_dispatch<Storage, Dist, Adaptive, Storage::is_16_bit>(data, numel, tensor_id, plan, group, chunk_begin,
+                                                                    chunk_end);
+  } else {
+    cpu_sweep_dispatch<Storage, Dist, Adaptive, false>(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
   }
 }
 
@@ -146,17 +584,18 @@ void cpu_sweep_tensor_chunks(const ParamEntry& entry, const SweepPlan& plan,
   auto* data = static_cast<typename Storage::storage*>(entry.tensor.data_ptr());
   const int64_t numel = entry.tensor.numel();
   const auto& group = groups[entry.group];
+  const uint32_t id = entry.tensor_id;
   const bool rademacher = plan.distribution == Distribution::Rademacher;
   if (plan.adaptive) {
-    rademacher ? cpu_sweep_chunks<Storage, Distribution::Rademacher, true>(data, numel, entry.tensor_id, plan, group,
-                                                                          chunk_begin, chunk_end)
-               : cpu_sweep_chunks<Storage, Distribution::Gaussian, true>(data, numel, entry.tensor_id, plan, group,
-                                                                        chunk_begin, chunk_end);
+    rademacher ? cpu_sweep_rounding<Storage, Distribution::Rademacher, true>(data, numel, id, plan, group, chunk_begin,
+                                                                            chunk_end)
+               : cpu_sweep_rounding<Storage, Distribution::Gaussian, true>(data, numel, id, plan, group, chunk_begin,
+                                                                          chunk_end);
   } else {
-    rademacher ? cpu_sweep_chunks<Storage, Distribution::Rademacher, false>(data, numel, entry.tensor_id, plan, group,
-                                                                           chunk_begin, chunk_end)
-               : cpu_sweep_chunks<Storage, Distribution::Gaussian, false>(data, numel, entry.tensor_id, plan, group,
-                                                                         chunk_begin, chunk_end);
+    rademacher ? cpu_sweep_rounding<Storage, Distribution::Rademacher, false>(data, numel, id, plan, group, chunk_begin,
+                                                                             chunk_end)
+               : cpu_sweep_rounding<Storage, Distribution::Gaussian, false>(data, numel, id, plan, group, chunk_begin,
+                                                                           chunk_end);
   }
 }
 
@@ -201,5 +640,6 @@ inline void cpu_sweep(const ParamTable& table, const SweepPlan& plan) {
   });
 }
 
+}  // namespace ZOTORCH_CPU_KERNELS_ABI
 }  // namespace detail
 }  // namespace zotorch

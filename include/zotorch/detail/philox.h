@@ -13,6 +13,16 @@
 #define ZOTORCH_HD inline
 #endif
 
+// Full unrolling of short fixed loops, spelled for each compiler (GCC warns on a bare
+// `#pragma unroll` under -Wall).
+#if defined(__CUDACC__) || defined(__clang__)
+#define ZOTORCH_PHILOX_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define ZOTORCH_PHILOX_UNROLL _Pragma("GCC unroll 16")
+#else
+#define ZOTORCH_PHILOX_UNROLL
+#endif
+
 namespace zotorch {
 namespace detail {
 
@@ -25,7 +35,7 @@ struct Words4 {
 ZOTORCH_HD Words4 philox4x32_10(Words4 ctr, uint32_t key0, uint32_t key1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
-#pragma unroll
+ZOTORCH_PHILOX_UNROLL
   for (int round = 0; round < 10; ++round) {
     const uint64_t p0 = static_cast<uint64_t>(kMul0) * ctr.w[0];
     const uint64_t p1 = static_cast<uint64_t>(kMul1) * ctr.w[2];
@@ -101,12 +111,13 @@ ZOTORCH_HD double signed_coefficient(double coefficient, uint32_t sign_mask) {
 
 /// A uniform in (0, 1) on the grid (2k+1)·2^-24 from the top 23 bits of a word; exact in float.
 ZOTORCH_HD float open_uniform(uint32_t word) {
-  return static_cast<float>(((word >> 9) << 1) | 1u) * 5.9604644775390625e-8f;  // 2^-24
+  // Through int32 (the value is below 2^24): SSE2/AVX2 convert signed integers only.
+  return static_cast<float>(static_cast<int32_t>(((word >> 9) << 1) | 1u)) * 5.9604644775390625e-8f;  // 2^-24
 }
 
 /// A uniform in [0, 1) on the grid k·2^-24; exact in float. Drives stochastic rounding.
 ZOTORCH_HD float half_open_uniform(uint32_t word) {
-  return static_cast<float>(word >> 8) * 5.9604644775390625e-8f;
+  return static_cast<float>(static_cast<int32_t>(word >> 8)) * 5.9604644775390625e-8f;
 }
 
 /// Natural log for u in (0, 1], from +, *, / only (no libm), so CPU and CUDA agree bit for bit.
@@ -114,9 +125,13 @@ ZOTORCH_HD float half_open_uniform(uint32_t word) {
 ZOTORCH_HD float log_unit(float u) {
   const uint32_t bits = bit_cast<uint32_t>(u);
   int32_t exponent = static_cast<int32_t>((bits >> 23) & 0xFFu) - 127;
-  float m = bit_cast<float>((bits & 0x007FFFFFu) | 0x3F800000u);
-  const bool above = m > 1.41421356f;
-  m = above ? mul(m, 0.5f) : m;
+  // m in [1, 2), halved when above 1.41421356f (0x3FB504F3), in integers: positive floats order as
+  // their bits, and m·½ is m with its exponent field lowered by one. Same values as float compare
+  // and multiply, but no floating-point operation under a condition, which would block the CPU's
+  // if-conversion and with it vectorisation.
+  const uint32_t m_bits = (bits & 0x007FFFFFu) | 0x3F800000u;
+  const bool above = m_bits > 0x3FB504F3u;
+  const float m = bit_cast<float>(above ? m_bits - 0x00800000u : m_bits);
   exponent += above ? 1 : 0;
   const float f = sub(m, 1.0f);
   const float s = f / add(2.0f, f);
@@ -137,7 +152,7 @@ struct SinCos {
 };
 ZOTORCH_HD SinCos sincos_turns(float t) {
   const float quarter_turns = static_cast<float>(static_cast<int32_t>(add(mul(t, 4.0f), 0.5f)));
-  const int32_t quadrant = static_cast<int32_t>(quarter_turns) & 3;
+  const uint32_t quadrant = static_cast<uint32_t>(static_cast<int32_t>(quarter_turns)) & 3u;
   const float r = sub(t, mul(quarter_turns, 0.25f));  // exact: both on the 2^-24 grid, |r| ≤ 1/8
   const float r2 = mul(r, r);
   // sin(2πr) = Σ (-1)^i (2π)^(2i+1)/(2i+1)! · r^(2i+1), i = 0..5
@@ -154,9 +169,12 @@ ZOTORCH_HD SinCos sincos_turns(float t) {
   cp = add(64.9393940f, mul(r2, cp));
   cp = add(-19.7392088f, mul(r2, cp));
   const float cos_r = add(1.0f, mul(r2, cp));
+  // Quadrant q: cos(2πt) = cos_r, −sin_r, −cos_r, sin_r and sin(2πt) = sin_r, cos_r, −sin_r, −cos_r.
+  // A select of computed values and a sign-bit flip (exactly a negation), so that it vectorises.
+  const bool odd = (quadrant & 1u) != 0u;
   SinCos out;
-  out.cos = quadrant == 0 ? cos_r : quadrant == 1 ? -sin_r : quadrant == 2 ? -cos_r : sin_r;
-  out.sin = quadrant == 0 ? sin_r : quadrant == 1 ? cos_r : quadrant == 2 ? -sin_r : -cos_r;
+  out.cos = bit_cast<float>(bit_cast<uint32_t>(odd ? sin_r : cos_r) ^ (((quadrant + 1u) & 2u) << 30));
+  out.sin = bit_cast<float>(bit_cast<uint32_t>(odd ? cos_r : sin_r) ^ ((quadrant & 2u) << 30));
   return out;
 }
 
@@ -166,7 +184,7 @@ struct Normals4 {
 };
 ZOTORCH_HD Normals4 gaussian4(const Words4& bits) {
   Normals4 out;
-#pragma unroll
+ZOTORCH_PHILOX_UNROLL
   for (int pair = 0; pair < 2; ++pair) {
     const float radius = sqrtf(mul(-2.0f, log_unit(open_uniform(bits.w[2 * pair]))));
     const SinCos sc = sincos_turns(open_uniform(bits.w[2 * pair + 1]));

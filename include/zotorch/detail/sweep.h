@@ -1,6 +1,8 @@
 // The one fused operation every optimizer step is made of (design.md "The one fused operation"):
-//   θ[j] ← round( keep_g·θ[j] + Σ_k (alpha_k + lr_g·beta_k)·z_k[j]  [ − lr_g·scale·m[j]/(√v[j] + stab) ] )
-// with m = Σ_k m_weight_k·z_k and v = Σ_k v_weight_k·z_k² for the adaptive (AdaMeZO) variant.
+//   θ[j] ← round( keep_g·θ[j] + Σ_k (keep_g·alpha_k + lr_g·beta_k)·z_k[j]  [ − lr_g·scale·m[j]/(√v[j] + stab) ] )
+// i.e. keep·(θ + Σ alpha·z) + Σ lr·beta·z: the decoupled decay applies to θ with its perturbation
+// offsets (the alpha terms) removed, as the algorithms decay the unperturbed parameters;
+// m = Σ_k m_weight_k·z_k and v = Σ_k v_weight_k·z_k² for the adaptive (AdaMeZO) variant.
 // This file holds the plan both backends execute and the element-level arithmetic they share.
 #pragma once
 
@@ -24,7 +26,7 @@ constexpr int kMaxGroups = 64;
 struct SweepTerm {
   uint64_t key = 0;
   uint32_t probe = 0;
-  double alpha = 0;     ///< coefficient applied as is (perturb / restore by ±eps)
+  double alpha = 0;     ///< coefficient applied as is, scaled by the group's keep (perturb / restore by ±eps)
   double beta = 0;      ///< coefficient multiplied by the group's lr (the update)
   double m_weight = 0;  ///< adaptive variant: weight in the first moment m
   double v_weight = 0;  ///< adaptive variant: weight in the second moment v
@@ -96,11 +98,12 @@ struct BFloat16Storage {
   using acc = float;
   static constexpr bool is_16_bit = true;
   ZOTORCH_HD static float widen(uint16_t x) { return bit_cast<float>(static_cast<uint32_t>(x) << 16); }
-  /// Round to nearest even; NaN stays NaN.
+  /// Round to nearest even; NaN stays NaN (quietened). Branch-free, so that CPU loops vectorise.
   ZOTORCH_HD static uint16_t narrow(float x) {
     const uint32_t bits = bit_cast<uint32_t>(x);
-    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
-    return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    const uint32_t quiet_nan = (bits >> 16) | 0x0040u;
+    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return static_cast<uint16_t>((bits & 0x7FFFFFFFu) > 0x7F800000u ? quiet_nan : rounded);
   }
 };
 
@@ -143,21 +146,23 @@ struct Float16Storage {
 /// Stochastic rounding of x to a 16-bit type: the neighbour on the far side is taken with
 /// probability equal to the distance to it in units of their gap, so E[widen(result)] = x.
 /// `uniform` is in [0, 1) from the reserved rounding probe.
+/// Written without branches (every candidate computed, then selected) so that the CPU loop
+/// vectorises; where x is exact or not finite the probability is unused and may be nan or inf.
 template <class Storage>
 ZOTORCH_HD uint16_t narrow_stochastic(float x, float uniform) {
   const uint16_t nearest = Storage::narrow(x);
   const float nearest_value = Storage::widen(nearest);
-  if (nearest_value == x || !(x - x == 0.0f)) return nearest;  // exact, or inf/nan
-  uint16_t other;
-  if (nearest_value == 0.0f) {
-    other = x > 0.0f ? uint16_t{0x0001} : uint16_t{0x8001};
-  } else {
-    const bool away_from_zero = (x > nearest_value) == (nearest_value > 0.0f);
-    other = static_cast<uint16_t>(away_from_zero ? nearest + 1 : nearest - 1);
-  }
+  const bool keep_nearest = (nearest_value == x) | !(x - x == 0.0f);  // exact, or inf/nan
+  // The neighbour on the far side of x: one bit pattern further from or closer to zero, or the
+  // smallest subnormal of x's sign when x rounded to zero.
+  const bool away_from_zero = (x > nearest_value) == (nearest_value > 0.0f);
+  const uint16_t beside = static_cast<uint16_t>(away_from_zero ? nearest + 1 : nearest - 1);
+  const uint16_t smallest = x > 0.0f ? uint16_t{0x0001} : uint16_t{0x8001};
+  const uint16_t other = nearest_value == 0.0f ? smallest : beside;
   const float other_value = Storage::widen(other);
   const float probability = (x - nearest_value) / (other_value - nearest_value);  // exact operands
-  return uniform < probability ? other : nearest;
+  const bool take_other = !keep_nearest & (uniform < probability);  // no short circuit: no branch
+  return take_other ? other : nearest;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -173,6 +178,13 @@ ZOTORCH_HD A accumulate_sign(A s, A c, uint32_t sign_mask) {
 template <class A>
 ZOTORCH_HD A accumulate_value(A s, A c, float z) {
   return add(s, mul(c, static_cast<A>(z)));
+}
+
+/// v ← v + w·z² for a Gaussian z, with z² formed in the arithmetic type (fp64 for fp64 parameters).
+template <class A>
+ZOTORCH_HD A accumulate_square(A v, A w, float z) {
+  const A wide = static_cast<A>(z);
+  return add(v, mul(w, mul(wide, wide)));
 }
 
 /// The new value before rounding: keep·x + s, then the adaptive correction when present.

@@ -1,0 +1,258 @@
+// Sweep bandwidth: zotorch's fused sweep against the obvious ATen implementation and against the
+// memory-bound limit of an in-place read-modify-write pass (p.add_(scalar)) over the same tensors.
+// One JSON object per line on stdout, a human table on stderr; ratios come from the same run.
+#include <zotorch/detail/dispatch.h>
+#include <zotorch/noise.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace {
+
+using zotorch::Distribution;
+using zotorch::detail::ParamTable;
+using zotorch::detail::SweepPlan;
+
+struct Options {
+  std::string device = "cpu";
+  std::vector<std::string> cases = {"single", "llm"};
+  std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16};
+  std::vector<Distribution> dists = {Distribution::Rademacher, Distribution::Gaussian};
+  std::vector<int> terms = {1};
+  int repeats = 5;
+  int threads = 0;  // 0: leave at::get_num_threads() as it is
+  bool smoke = false;
+};
+
+[[noreturn]] void usage(const char* message) {
+  std::fprintf(stderr,
+               "bench_sweep: %s\n"
+               "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
+               "                   [--dist rademacher|gaussian|all] [--terms 1|8|all] [--repeats N] [--threads N]\n"
+               "                   [--smoke]\n",
+               message);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(("missing value after " + arg).c_str());
+      return argv[++i];
+    };
+    if (arg == "--device") {
+      o.device = value();
+      if (o.device != "cpu" && o.device != "cuda") usage("--device must be cpu or cuda");
+    } else if (arg == "--case") {
+      const std::string v = value();
+      if (v == "all") o.cases = {"single", "llm"};
+      else if (v == "single" || v == "llm") o.cases = {v};
+      else usage("--case must be single, llm or all");
+    } else if (arg == "--dtype") {
+      const std::string v = value();
+      if (v == "all") o.dtypes = {at::kFloat, at::kBFloat16};
+      else if (v == "float32") o.dtypes = {at::kFloat};
+      else if (v == "bfloat16") o.dtypes = {at::kBFloat16};
+      else usage("--dtype must be float32, bfloat16 or all");
+    } else if (arg == "--dist") {
+      const std::string v = value();
+      if (v == "all") o.dists = {Distribution::Rademacher, Distribution::Gaussian};
+      else if (v == "rademacher") o.dists = {Distribution::Rademacher};
+      else if (v == "gaussian") o.dists = {Distribution::Gaussian};
+      else usage("--dist must be rademacher, gaussian or all");
+    } else if (arg == "--terms") {
+      const std::string v = value();
+      if (v == "all") o.terms = {1, 8};
+      else if (v == "1") o.terms = {1};
+      else if (v == "8") o.terms = {8};
+      else usage("--terms must be 1, 8 or all");
+    } else if (arg == "--repeats") {
+      o.repeats = std::atoi(value().c_str());
+      if (o.repeats < 1) usage("--repeats must be >= 1");
+    } else if (arg == "--threads") {
+      o.threads = std::atoi(value().c_str());
+      if (o.threads < 1) usage("--threads must be >= 1");
+    } else if (arg == "--smoke") {
+      o.smoke = true;
+    } else if (arg == "--help" || arg == "-h") {
+      usage("help");
+    } else {
+      usage(("unknown argument " + arg).c_str());
+    }
+  }
+  return o;
+}
+
+/// Tensor shapes of one case. "llm": an OPT-style decoder of about 125M parameters
+/// (18 layers, d_model 640, ffn 2560, vocab 50272, 2048 positions): 292 tensors, 122.6M elements.
+std::vector<std::vector<int64_t>> case_shapes(const std::string& name, bool smoke) {
+  if (name == "single") return {{smoke ? int64_t{1} << 16 : int64_t{1} << 26}};
+  const int64_t d = smoke ? 64 : 640, ffn = 4 * d, vocab = smoke ? 500 : 50272, positions = smoke ? 64 : 2048;
+  const int layers = smoke ? 2 : 18;
+  std::vector<std::vector<int64_t>> shapes = {{vocab, d}, {positions, d}};
+  for (int l = 0; l < layers; ++l) {
+    for (int proj = 0; proj < 4; ++proj) {  // q, k, v, out
+      shapes.push_back({d, d});
+      shapes.push_back({d});
+    }
+    shapes.push_back({d});  // attention layer norm
+    shapes.push_back({d});
+    shapes.push_back({ffn, d});
+    shapes.push_back({ffn});
+    shapes.push_back({d, ffn});
+    shapes.push_back({d});
+    shapes.push_back({d});  // final layer norm of the block
+    shapes.push_back({d});
+  }
+  shapes.push_back({d});  // decoder's final layer norm
+  shapes.push_back({d});
+  return shapes;
+}
+
+void synchronize(const at::Device& device, const at::Tensor& any) {
+  // A scalar copy to the host waits for everything queued on the current stream; portable across
+  // LibTorch releases, and its cost (microseconds) is negligible against the timed passes.
+  if (device.is_cuda()) (void)any.flatten()[0].item<float>();
+}
+
+/// Median seconds of `repeats` timed runs after one warm-up.
+double time_median(const std::function<void()>& body, int repeats, const at::Device& device, const at::Tensor& any) {
+  body();
+  synchronize(device, any);
+  std::vector<double> seconds;
+  for (int r = 0; r < repeats; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    body();
+    synchronize(device, any);
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return seconds[seconds.size() / 2];
+}
+
+const char* dtype_name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
+
+struct Row {
+  std::string device, dtype, dist, case_name;
+  int64_t numel = 0, tensors = 0;
+  int terms = 0, threads = 0;
+  double zotorch = 0, aten = 0, limit = 0, copy = 0;  // GB/s
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options opt = parse(argc, argv);
+  if (opt.threads > 0) at::set_num_threads(opt.threads);
+  at::Device device(at::kCPU);
+  if (opt.device == "cuda") {
+    if (!at::hasCUDA()) {
+      std::fprintf(stderr, "bench_sweep: --device cuda, but this LibTorch sees no CUDA device\n");
+      return 1;
+    }
+    if (!zotorch::detail::cuda_kernels_available()) {
+      std::fprintf(stderr,
+                   "bench_sweep: --device cuda, but this program has no zotorch CUDA kernels; build it with the "
+                   "CMake target zotorch::cuda linked (or zotorch_add_cuda_kernels(bench_sweep))\n");
+      return 1;
+    }
+    device = at::Device(at::kCUDA, 0);
+  }
+  const double eps = 1e-3;
+  std::vector<Row> rows;
+  for (const std::string& case_name : opt.cases) {
+    const auto shapes = case_shapes(case_name, opt.smoke);
+    for (at::ScalarType dtype : opt.dtypes) {
+      const auto options = at::TensorOptions().dtype(dtype).device(device);
+      std::vector<at::Tensor> params, copies;
+      ParamTable table;
+      int64_t numel = 0;
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        params.push_back(at::randn(shapes[i], options).mul_(0.02));
+        copies.push_back(at::empty_like(params.back()));
+        table.entries.push_back({params.back(), static_cast<uint32_t>(i), 0});
+        numel += params.back().numel();
+      }
+      const double bytes = 2.0 * static_cast<double>(numel) * static_cast<double>(at::elementSize(dtype));
+      const at::Tensor& any = params.front();
+      // The memory-bound reference points depend on the tensors only, not on the plan.
+      const double limit_s = time_median([&] { for (auto& p : params) p.add_(1e-3); }, opt.repeats, device, any);
+      const double copy_s = time_median(
+          [&] { for (size_t i = 0; i < params.size(); ++i) copies[i].copy_(params[i]); }, opt.repeats, device, any);
+      for (Distribution dist : opt.dists) {
+        for (int terms : opt.terms) {
+          // terms == 1: a perturbation θ += eps·z. terms == 8: an FZOO-update-like sweep that removes the last
+          // probe and adds seven weighted directions (coefficients of the size a real step uses).
+          SweepPlan plan;
+          plan.distribution = dist;
+          plan.groups[0].lr = 1e-5;
+          plan.groups[0].keep = 1.0;
+          for (int k = 0; k < terms; ++k) {
+            const double alpha = k == 0 ? eps : 0.0, beta = k == 0 ? 0.0 : 0.3 - 0.07 * k;
+            plan.add_term({zotorch::step_key(1234, static_cast<uint64_t>(k)), static_cast<uint32_t>(k), alpha, beta, 0, 0});
+          }
+          const double zotorch_s =
+              time_median([&] { zotorch::detail::apply_sweep(table, plan); }, opt.repeats, device, any);
+          const double aten_s = time_median(
+              [&] {
+                for (auto& p : params) {
+                  for (int k = 0; k < terms; ++k) {
+                    const double a = k == 0 ? eps : 1e-5 * (0.3 - 0.07 * k);
+                    if (dist == Distribution::Gaussian) {
+                      p.add_(at::randn_like(p), a);
+                    } else {
+                      p.add_(at::empty_like(p).bernoulli_(0.5).mul_(2).sub_(1), a);
+                    }
+                  }
+                }
+              },
+              opt.repeats, device, any);
+          Row row;
+          row.device = opt.device;
+          row.dtype = dtype_name(dtype);
+          row.dist = zotorch::to_string(dist);
+          row.case_name = case_name;
+          row.numel = numel;
+          row.tensors = static_cast<int64_t>(params.size());
+          row.terms = terms;
+          row.threads = at::get_num_threads();
+          row.zotorch = bytes / zotorch_s / 1e9;
+          row.aten = bytes / aten_s / 1e9;
+          row.limit = bytes / limit_s / 1e9;
+          row.copy = bytes / copy_s / 1e9;
+          std::printf(
+              "{\"device\":\"%s\",\"case\":\"%s\",\"dtype\":\"%s\",\"dist\":\"%s\",\"numel\":%lld,\"tensors\":%lld,"
+              "\"terms\":%d,\"threads\":%d,\"repeats\":%d,\"zotorch_gbps\":%.3f,\"aten_gbps\":%.3f,\"limit_gbps\":%.3f,"
+              "\"copy_gbps\":%.3f,\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f}\n",
+              row.device.c_str(), row.case_name.c_str(), row.dtype.c_str(), row.dist.c_str(),
+              static_cast<long long>(row.numel), static_cast<long long>(row.tensors), row.terms, row.threads,
+              opt.repeats, row.zotorch, row.aten, row.limit, row.copy, row.zotorch / row.aten, row.zotorch / row.limit);
+          std::fflush(stdout);
+          rows.push_back(row);
+        }
+      }
+    }
+  }
+  std::fprintf(stderr, "\n%-5s %-7s %-9s %-11s %11s %4s %6s %9s %9s %9s %9s %8s %8s\n", "dev", "case", "dtype",
+               "dist", "numel", "tens", "terms", "zotorch", "aten", "limit", "copy", "x aten", "of lim");
+  for (const Row& r : rows) {
+    std::fprintf(stderr, "%-5s %-7s %-9s %-11s %11lld %4lld %6d %9.2f %9.2f %9.2f %9.2f %8.2f %8.2f\n",
+                 r.device.c_str(), r.case_name.c_str(), r.dtype.c_str(), r.dist.c_str(),
+                 static_cast<long long>(r.numel), static_cast<long long>(r.tensors), r.terms, r.zotorch, r.aten,
+                 r.limit, r.copy, r.zotorch / r.aten, r.zotorch / r.limit);
+  }
+  std::fprintf(stderr, "(GB/s of parameter bytes read + written; limit = p.add_(scalar), copy = q.copy_(p))\n");
+  return 0;
+}

@@ -1,0 +1,500 @@
+// The CPU sweep against its definition: a per-element transcription of sweep.h, the same arithmetic
+// done with ATen ops on materialised noise, ATen's own float16/bfloat16 rounding, and the
+// statistics of stochastic rounding; plus determinism across threads, builds and tensor splits,
+// and the errors check_sweepable raises.
+#include <zotorch/detail/dispatch.h>
+#include <zotorch/noise.h>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+using zotorch::Distribution;
+using namespace zotorch::detail;
+
+namespace {
+
+bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
+  return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() &&
+         std::memcmp(a.contiguous().data_ptr(), b.contiguous().data_ptr(), a.numel() * a.element_size()) == 0;
+}
+
+/// sweep.h's formula element by element, straight from the element functions: no chunks, no
+/// batching; only each term's current Philox block is remembered between elements. The reference
+/// every CPU build must match bit for bit.
+template <class Storage>
+void reference_sweep(const ParamEntry& entry, const SweepPlan& plan) {
+  using A = typename Storage::acc;
+  auto* data = static_cast<typename Storage::storage*>(entry.tensor.data_ptr());
+  const GroupScalars& g = plan.groups[entry.group];
+  const bool rademacher = plan.distribution == Distribution::Rademacher;
+  const int64_t block_size = rademacher ? kRademacherBlock : kGaussianBlock;
+  std::vector<Words4> bits(plan.num_terms);
+  std::vector<Normals4> normals(plan.num_terms);
+  Words4 rounding_bits{};
+  for (int64_t j = 0; j < entry.tensor.numel(); ++j) {
+    const auto block = static_cast<uint64_t>(j / block_size);
+    A s = 0, m = 0, v = 0;
+    for (int k = 0; k < plan.num_terms; ++k) {
+      const SweepTerm& t = plan.terms[k];
+      if (j % block_size == 0) {
+        bits[k] = noise_block(t.key, entry.tensor_id, t.probe, block);
+        normals[k] = gaussian4(bits[k]);
+      }
+      const A c = resolve_coefficient<A>(plan, entry.group, k);
+      if (rademacher) {
+        const uint32_t mask = rademacher_sign_mask(bits[k], static_cast<int>(j % kRademacherBlock));
+        s = accumulate_sign(s, c, mask);
+        if (plan.adaptive) {
+          m = accumulate_sign(m, static_cast<A>(t.m_weight), mask);
+          v = add(v, static_cast<A>(t.v_weight));
+        }
+      } else {
+        const float z = normals[k].z[j % kGaussianBlock];
+        s = accumulate_value(s, c, z);
+        if (plan.adaptive) {
+          m = accumulate_value(m, static_cast<A>(t.m_weight), z);
+          v = accumulate_square(v, static_cast<A>(t.v_weight), z);
+        }
+      }
+    }
+    const A x = Storage::widen(data[j]);
+    const A y = plan.adaptive ? adaptive_update(static_cast<A>(g.keep), x, s, m, v,
+                                                static_cast<A>(g.lr * plan.adaptive_scale),
+                                                static_cast<A>(plan.adaptive_stab))
+                              : linear_update(static_cast<A>(g.keep), x, s);
+    if constexpr (Storage::is_16_bit) {
+      if (plan.stochastic_rounding) {
+        if (j % kRoundingBlock == 0) {
+          rounding_bits = noise_block(plan.rounding_key, entry.tensor_id, kRoundingProbe,
+                                      static_cast<uint64_t>(j / kRoundingBlock));
+        }
+        data[j] = narrow_stochastic<Storage>(y, half_open_uniform(rounding_bits.w[j % kRoundingBlock]));
+        continue;
+      }
+    }
+    data[j] = Storage::narrow(y);
+  }
+}
+
+void reference_sweep(const ParamTable& table, const SweepPlan& plan) {
+  for (const ParamEntry& entry : table.entries) {
+    switch (entry.tensor.scalar_type()) {
+      case at::kFloat: reference_sweep<Float32Storage>(entry, plan); break;
+      case at::kDouble: reference_sweep<Float64Storage>(entry, plan); break;
+      case at::kHalf: reference_sweep<Float16Storage>(entry, plan); break;
+      default: reference_sweep<BFloat16Storage>(entry, plan); break;
+    }
+  }
+}
+
+/// A parameter list whose sizes end inside a chunk, exactly on one, inside and across the 8-chunk
+/// span and the parallel grain; values from 1e-3 to 1, with an inf, a NaN and fp16-subnormal
+/// magnitudes among them.
+ParamTable make_table(at::ScalarType dtype, uint64_t seed) {
+  const std::vector<int64_t> sizes = {1, 3, 127, 128, 129, 1000, 1024, 1025, 4096, 5000, 20001};
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  ParamTable table;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    at::Tensor t = at::randn({sizes[i]}, gen, at::kDouble).mul_(i % 3 == 0 ? 1e-3 : 0.5);
+    if (i == 4) {
+      t[0].fill_(std::numeric_limits<double>::infinity());
+      t[1].fill_(std::numeric_limits<double>::quiet_NaN());
+    }
+    if (i == 5) t.mul_(1e-6);
+    table.entries.push_back({t.to(dtype).contiguous(), static_cast<uint32_t>(7 * i + 1), static_cast<int32_t>(i % 2)});
+  }
+  return table;
+}
+
+ParamTable clone_table(const ParamTable& table) {
+  ParamTable out;
+  for (const ParamEntry& e : table.entries) out.entries.push_back({e.tensor.clone(), e.tensor_id, e.group});
+  return out;
+}
+
+SweepPlan make_plan(Distribution dist, int terms, bool adaptive, bool stochastic) {
+  SweepPlan plan;
+  plan.distribution = dist;
+  plan.num_groups = 2;
+  plan.groups[0] = {1e-3, 1.0};
+  plan.groups[1] = {3e-4, 1.0 - 3e-4 * 0.1};
+  plan.adaptive = adaptive;
+  plan.adaptive_scale = 100;
+  plan.adaptive_stab = 1e-5;
+  plan.stochastic_rounding = stochastic;
+  plan.rounding_key = 0x1234567890ABCDEFull;
+  for (int k = 0; k < terms; ++k) {
+    plan.add_term({splitmix64(static_cast<uint64_t>(k) + 99), static_cast<uint32_t>(k), k == 0 ? 1e-3 : -2.5e-4 * k,
+                   0.3 / (k + 1), 0.7 / (k + 1), 0.09 / (k + 1)});
+  }
+  return plan;
+}
+
+/// Element-wise correctly rounded square root. at::sqrt is not one on CPU (LibTorch 2.15 differs
+/// from IEEE sqrt on about 20% of float inputs and 1.4% of double inputs), while the sweep and
+/// the CUDA kernels use IEEE sqrt.
+at::Tensor ieee_sqrt(const at::Tensor& x) {
+  at::Tensor out = x.contiguous().clone();
+  if (out.scalar_type() == at::kDouble) {
+    double* p = out.data_ptr<double>();
+    for (int64_t i = 0; i < out.numel(); ++i) p[i] = std::sqrt(p[i]);
+  } else {
+    float* p = out.data_ptr<float>();
+    for (int64_t i = 0; i < out.numel(); ++i) p[i] = std::sqrt(p[i]);
+  }
+  return out;
+}
+
+/// Restores the kernel choice and thread count a test changes.
+struct CpuSettingsGuard {
+  CpuKernels kernels = cpu_kernels();
+  int threads = at::get_num_threads();
+  ~CpuSettingsGuard() {
+    cpu_kernels() = kernels;
+    at::set_num_threads(threads);
+  }
+};
+
+const char* kernels_name(CpuKernels k) {
+  return k == CpuKernels::Best ? "best" : k == CpuKernels::Avx2 ? "avx2" : "portable";
+}
+
+}  // namespace
+
+TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep]") {
+  CpuSettingsGuard guard;
+  // Every dtype, distribution, variant and rounding mode; term counts 0 (decay only), 1 (fused
+  // path), 2, 9; both thread counts and all kernel builds.
+  int cases = 0;
+  for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    const ParamTable start = make_table(dtype, 5);
+    for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+      for (bool adaptive : {false, true}) {
+        for (bool stochastic : {false, true}) {
+          if (stochastic && !(dtype == at::kHalf || dtype == at::kBFloat16)) continue;
+          for (int terms : {0, 1, 2, 9}) {
+            const SweepPlan plan = make_plan(dist, terms, adaptive, stochastic);
+            const ParamTable expected = clone_table(start);
+            reference_sweep(expected, plan);
+            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Best}) {
+              for (int threads : {1, 2}) {
+                cpu_kernels() = kernels;
+                at::set_num_threads(threads);
+                const ParamTable swept = clone_table(start);
+                apply_sweep(swept, plan);
+                for (size_t i = 0; i < swept.entries.size(); ++i) {
+                  INFO(dtype << " " << zotorch::to_string(dist) << " adaptive " << adaptive << " stochastic "
+                             << stochastic << " terms " << terms << " kernels " << kernels_name(kernels)
+                             << " threads " << threads << " tensor " << i);
+                  REQUIRE(bitwise_equal(swept.entries[i].tensor, expected.entries[i].tensor));
+                }
+                ++cases;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  CHECK(cases == 4 * 2 * 2 * 4 * 6 + 2 * 2 * 2 * 4 * 6);
+}
+
+TEST_CASE("A tensor's sweep does not depend on the other tensors in the table", "[sweep]") {
+  // Tensor id 5 alone, then among many small tensors whose sizes shift its chunk boundaries
+  // relative to the global chunk grid and the threads' ranges.
+  CpuSettingsGuard guard;
+  for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+    const SweepPlan plan = make_plan(dist, 3, false, false);
+    const at::Tensor start = at::randn({33333});
+    ParamTable alone;
+    alone.entries.push_back({start.clone(), 5, 0});
+    apply_sweep(alone, plan);
+    for (int threads : {1, 2}) {
+      at::set_num_threads(threads);
+      ParamTable crowd;
+      for (int i = 0; i < 300; ++i) crowd.entries.push_back({at::randn({1 + (i * 37) % 300}), static_cast<uint32_t>(100 + i), 0});
+      crowd.entries.insert(crowd.entries.begin() + 150, ParamEntry{start.clone(), 5, 0});
+      crowd.entries.push_back(ParamEntry{at::empty({0}), 999, 0});  // an empty tensor is skipped
+      apply_sweep(crowd, plan);
+      INFO(zotorch::to_string(dist) << " threads " << threads);
+      CHECK(bitwise_equal(crowd.entries[150].tensor, alone.entries[0].tensor));
+    }
+  }
+}
+
+TEST_CASE("A linear sweep equals ATen arithmetic on materialised noise", "[sweep]") {
+  // s = Σ_k c_k·z_k accumulated term by term, then keep·θ + s: each an explicit ATen mul or add
+  // (ATen's add with alpha may fuse into an fma; separate ops do not). Coefficients are
+  // representable in float, so float32 and float64 resolve them identically.
+  const uint64_t key = zotorch::step_key(77, 3);
+  const std::vector<double> alphas = {0.0078125, -0.0009765625, 0.25};
+  const std::vector<double> betas = {0.5, 1.5, -3.0};
+  for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+      SweepPlan plan;
+      plan.distribution = dist;
+      plan.groups[0] = {0.125, 0.984375};  // lr, keep = 1 − lr·0.125
+      for (size_t k = 0; k < alphas.size(); ++k) {
+        plan.add_term({key, static_cast<uint32_t>(k), alphas[k], betas[k], 0, 0});
+      }
+      const at::ScalarType acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+      const at::Tensor theta = at::randn({3, 1111}, at::kDouble).to(dtype);
+      at::Tensor s = at::zeros({3, 1111}, acc);
+      for (size_t k = 0; k < alphas.size(); ++k) {
+        const double c = 0.984375 * alphas[k] + 0.125 * betas[k];  // exact in float
+        const at::Tensor z = zotorch::noise(key, 8, static_cast<int64_t>(k), {3, 1111}, dist, acc);
+        s = at::add(s, at::mul(z, at::scalar_tensor(c, acc)));
+      }
+      const at::Tensor expected = at::add(at::mul(theta.to(acc), at::scalar_tensor(0.984375, acc)), s).to(dtype);
+      ParamTable table;
+      table.entries.push_back({theta.clone(), 8, 0});
+      apply_sweep(table, plan);
+      INFO(dtype << " " << zotorch::to_string(dist));
+      CHECK(bitwise_equal(table.entries[0].tensor, expected));
+    }
+  }
+}
+
+TEST_CASE("The adaptive sweep equals ATen's AdaMeZO update on materialised noise", "[sweep]") {
+  // θ ← keep·θ + s − step·m / (√v + stab) with m = Σ w_k z_k, v = Σ u_k z_k² in the arithmetic type.
+  const uint64_t key = zotorch::step_key(5, 5);
+  const int window = 4;
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+      SweepPlan plan;
+      plan.distribution = dist;
+      plan.adaptive = true;
+      plan.adaptive_scale = 100;
+      plan.adaptive_stab = 1e-5;
+      plan.groups[0] = {1e-4, 1.0};
+      plan.add_term({key, 0, 1e-3, 0, 0.7 * 0.25, 0.9 * 0.0625});  // restore +eps·z_0 and window entry 0
+      for (int k = 1; k < window; ++k) {
+        plan.add_term({key, static_cast<uint32_t>(k), 0, 0, std::pow(0.7, k) * 0.5, std::pow(0.9, k) * 0.25});
+      }
+      const at::Tensor theta = at::randn({2000}, at::kDouble).to(dtype);
+      // The scalars as resolve_group rounds them to the arithmetic type.
+      auto scalar = [&](double value) {
+        return at::scalar_tensor(dtype == at::kDouble ? value : static_cast<double>(static_cast<float>(value)), dtype);
+      };
+      auto coefficient = [&](int k) {
+        return dtype == at::kDouble ? resolve_coefficient<double>(plan, 0, k)
+                                    : static_cast<double>(resolve_coefficient<float>(plan, 0, k));
+      };
+      at::Tensor s = at::zeros({2000}, dtype), m = at::zeros({2000}, dtype), v = at::zeros({2000}, dtype);
+      for (int k = 0; k < window; ++k) {
+        const at::Tensor z = zotorch::noise(key, 2, k, {2000}, dist, dtype);
+        s = at::add(s, at::mul(z, scalar(coefficient(k))));
+        m = at::add(m, at::mul(z, scalar(plan.terms[k].m_weight)));
+        v = at::add(v, at::mul(at::mul(z, z), scalar(plan.terms[k].v_weight)));
+      }
+      const at::Tensor stepped = at::mul(at::div(m, at::add(ieee_sqrt(v), scalar(plan.adaptive_stab))),
+                                         scalar(plan.groups[0].lr * plan.adaptive_scale));
+      const at::Tensor expected = at::sub(at::add(at::mul(theta, scalar(1.0)), s), stepped);
+      ParamTable table;
+      table.entries.push_back({theta.clone(), 2, 0});
+      apply_sweep(table, plan);
+      INFO(dtype << " " << zotorch::to_string(dist));
+      CHECK(bitwise_equal(table.entries[0].tensor, expected));
+    }
+  }
+}
+
+TEST_CASE("16-bit round-to-nearest equals ATen's conversion, subnormals and overflow included", "[sweep]") {
+  // Every float whose top 16 bits are any pattern, with low halves at and around the halfway
+  // points; then 2^20 random floats; then the edges of both formats.
+  std::vector<uint32_t> patterns;
+  for (uint32_t high = 0; high < 0x10000u; ++high) {
+    for (uint32_t low : {0x0000u, 0x0001u, 0x0FFFu, 0x1000u, 0x1001u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
+      patterns.push_back((high << 16) | low);
+    }
+  }
+  std::mt19937 rng(12);
+  for (int i = 0; i < (1 << 20); ++i) patterns.push_back(rng());
+  const at::Tensor floats = at::from_blob(patterns.data(), {static_cast<int64_t>(patterns.size())}, at::kInt)
+                                .clone()
+                                .view(at::kFloat);
+  const float* f = floats.data_ptr<float>();
+  const at::Tensor half = floats.to(at::kHalf), bf16 = floats.to(at::kBFloat16);
+  const auto* h = reinterpret_cast<const uint16_t*>(half.data_ptr());
+  const auto* b = reinterpret_cast<const uint16_t*>(bf16.data_ptr());
+  int64_t half_mismatch = 0, bf16_mismatch = 0;
+  for (int64_t i = 0; i < floats.numel(); ++i) {
+    if (std::isnan(f[i])) {
+      half_mismatch += !std::isnan(Float16Storage::widen(Float16Storage::narrow(f[i])));
+      bf16_mismatch += !std::isnan(BFloat16Storage::widen(BFloat16Storage::narrow(f[i])));
+      continue;
+    }
+    half_mismatch += Float16Storage::narrow(f[i]) != h[i];
+    bf16_mismatch += BFloat16Storage::narrow(f[i]) != b[i];
+  }
+  CHECK(half_mismatch == 0);
+  CHECK(bf16_mismatch == 0);
+  // Widening is exact: all 65536 patterns of each type against ATen.
+  const at::Tensor all16 = at::arange(0, 65536, at::kInt).to(at::kShort);
+  const at::Tensor half_wide = all16.view(at::kHalf).to(at::kFloat), bf16_wide = all16.view(at::kBFloat16).to(at::kFloat);
+  for (int i = 0; i < 65536; ++i) {
+    const auto bits = static_cast<uint16_t>(i);
+    const float ours_h = Float16Storage::widen(bits), ours_b = BFloat16Storage::widen(bits);
+    const float theirs_h = half_wide.data_ptr<float>()[i], theirs_b = bf16_wide.data_ptr<float>()[i];
+    if (std::isnan(theirs_h)) {
+      REQUIRE(std::isnan(ours_h));
+    } else {
+      REQUIRE(std::memcmp(&ours_h, &theirs_h, 4) == 0);
+    }
+    if (std::isnan(theirs_b)) {
+      REQUIRE(std::isnan(ours_b));
+    } else {
+      REQUIRE(std::memcmp(&ours_b, &theirs_b, 4) == 0);
+    }
+  }
+  CHECK(Float16Storage::narrow(65519.996f) == 0x7BFFu);  // largest half
+  CHECK(Float16Storage::narrow(65520.0f) == 0x7C00u);    // halfway to the next: rounds to inf
+  CHECK(Float16Storage::narrow(std::ldexp(1.0f, -25)) == 0x0000u);          // tie with 0: even
+  CHECK(Float16Storage::narrow(std::ldexp(1.5f, -25)) == 0x0001u);          // smallest subnormal
+  CHECK(BFloat16Storage::narrow(std::numeric_limits<float>::max()) == 0x7F80u);
+}
+
+namespace {
+
+/// Mean over n elements of z·(widen(rounded θ + c·z) − (θ + c·z)), for θ = 1 and a Rademacher z,
+/// under `rounds` different rounding keys; also its standard error. Weighting by z makes the
+/// errors of both signs count the same way: round-to-nearest toward 1 gives exactly −c.
+std::pair<double, double> rounding_bias(at::ScalarType dtype, double c, int64_t n, int rounds, bool stochastic) {
+  double sum = 0, sum_sq = 0;
+  for (int r = 0; r < rounds; ++r) {
+    ParamTable table;
+    table.entries.push_back({at::ones({n}, dtype), 3, 0});
+    SweepPlan plan;
+    plan.distribution = Distribution::Rademacher;
+    plan.stochastic_rounding = stochastic;
+    plan.rounding_key = splitmix64(static_cast<uint64_t>(r) + 1000);
+    plan.add_term({99, 0, c, 0, 0, 0});
+    apply_sweep(table, plan);
+    const at::Tensor z = zotorch::noise(99, 3, 0, {n}, Distribution::Rademacher, at::kDouble);
+    const at::Tensor error = (table.entries[0].tensor.to(at::kDouble) - (1.0 + c * z)) * z;
+    sum += error.sum().item<double>();
+    sum_sq += error.pow(2).sum().item<double>();
+  }
+  const double count = static_cast<double>(n) * rounds;
+  const double mean = sum / count;
+  return {mean, std::sqrt((sum_sq / count - mean * mean) / count)};
+}
+
+}  // namespace
+
+TEST_CASE("Stochastic rounding to 16 bits is unbiased; round-to-nearest is not", "[sweep][rounding]") {
+  // 1 ± c with c a fraction of the gap just above 1 (2^-7 for bfloat16, 2^-10 for float16):
+  // neither 1 + c nor 1 − c is representable, so every element is rounded.
+  for (double fraction : {0.1, 0.37, 0.5, 0.8}) {
+    {
+      const double c = fraction * std::ldexp(1.0, -7);
+      const auto [bias, error] = rounding_bias(at::kBFloat16, c, 1 << 16, 4, true);
+      INFO("bfloat16, c = " << fraction << " gap: bias " << bias << " ± " << error);
+      CHECK(std::abs(bias) < 5 * error);
+      CHECK(error > 0);
+    }
+    {
+      const double c = fraction * std::ldexp(1.0, -10);
+      const auto [bias, error] = rounding_bias(at::kHalf, c, 1 << 16, 4, true);
+      INFO("float16, c = " << fraction << " gap: bias " << bias << " ± " << error);
+      CHECK(std::abs(bias) < 5 * error);
+    }
+  }
+  // Control: the same experiment with round-to-nearest is biased by exactly −c (1 + 0.1 gap rounds
+  // down to 1; 1 − 0.1 gap, a fifth of the half-size gap below 1, rounds up to 1).
+  const double c = 0.1 * std::ldexp(1.0, -7);
+  const auto [bias, error] = rounding_bias(at::kBFloat16, c, 1 << 16, 1, false);
+  CHECK(bias == Approx(-c).epsilon(1e-9));
+  CHECK(error < 1e-9);
+}
+
+TEST_CASE("Stochastic rounding lets updates far below one ulp accumulate", "[sweep][rounding]") {
+  // 64 sweeps each adding 2^-10 (1/8 of bfloat16's ulp at 1) to every element: round-to-nearest
+  // never moves θ; stochastic rounding moves it by 64·2^-10 = 1/16 on average.
+  const int64_t n = 1 << 15;
+  for (bool stochastic : {false, true}) {
+    ParamTable table;
+    table.entries.push_back({at::ones({n}, at::kBFloat16), 0, 0});
+    for (int sweep = 0; sweep < 64; ++sweep) {
+      SweepPlan plan;
+      plan.distribution = Distribution::Rademacher;
+      plan.stochastic_rounding = stochastic;
+      plan.rounding_key = splitmix64(static_cast<uint64_t>(sweep));
+      plan.num_terms = 0;
+      plan.groups[0].keep = 1.0 + std::ldexp(1.0, -10);  // θ ← θ·(1 + 2^-10): the update rides on keep
+      apply_sweep(table, plan);
+    }
+    const double mean = table.entries[0].tensor.to(at::kDouble).mean().item<double>();
+    INFO("stochastic " << stochastic << " mean " << mean);
+    if (stochastic) {
+      // Exact expectation: (1 + 2^-10)^64 applied with unbiased rounding each time (θ grows
+      // slightly, so the product is within 1e-3 of 1 + 1/16); the mean of n elements has standard
+      // error below ulp/√n.
+      CHECK(mean == Approx(std::pow(1.0 + std::ldexp(1.0, -10), 64)).margin(1e-3));
+    } else {
+      CHECK(mean == 1.0);
+    }
+  }
+}
+
+TEST_CASE("Stochastic rounding is deterministic in its key and changes with it", "[sweep][rounding]") {
+  auto run = [](uint64_t rounding_key, int threads) {
+    CpuSettingsGuard guard;
+    at::set_num_threads(threads);
+    ParamTable table;
+    table.entries.push_back({at::full({10000}, 0.3, at::kBFloat16), 1, 0});
+    SweepPlan plan;
+    plan.distribution = Distribution::Gaussian;
+    plan.stochastic_rounding = true;
+    plan.rounding_key = rounding_key;
+    plan.add_term({7, 0, 1e-3, 0, 0, 0});
+    apply_sweep(table, plan);
+    return table.entries[0].tensor;
+  };
+  CHECK(bitwise_equal(run(1, 1), run(1, 2)));
+  CHECK(!bitwise_equal(run(1, 2), run(2, 2)));
+}
+
+TEST_CASE("narrow_stochastic takes the far neighbour with probability equal to the distance", "[rounding]") {
+  // Directly on the element function: x a quarter of the way from a to b takes b for uniforms
+  // below 0.25 and a otherwise; exact values and non-finite values never move.
+  const float a = 1.0f, b = 1.0078125f;  // consecutive bfloat16 values
+  const float x = a + 0.25f * (b - a);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.0f)) == b);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.2499f)) == b);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.25f)) == a);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.99f)) == a);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(-x, 0.1f)) == -b);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(a, 0.0f)) == a);
+  const float tiny = std::ldexp(1.0f, -26);  // a quarter of float16's smallest subnormal
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(tiny, 0.2f)) == std::ldexp(1.0f, -24));
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(tiny, 0.3f)) == 0.0f);
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(-tiny, 0.2f)) == -std::ldexp(1.0f, -24));
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(narrow_stochastic<BFloat16Storage>(inf, 0.0f) == 0x7F80u);
+  CHECK(std::isnan(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(std::nanf(""), 0.0f))));
+}
+
+TEST_CASE("check_sweepable names the parameter and the fix", "[sweep][errors]") {
+  CHECK_THROWS_WITH(check_sweepable(at::zeros({4}, at::kInt), "zotorch::MeZO", 3),
+                    Catch::Contains("zotorch::MeZO") && Catch::Contains("parameter 3") && Catch::Contains("Int") &&
+                        Catch::Contains("float32, float64, float16 and bfloat16"));
+  CHECK_THROWS_WITH(check_sweepable(at::zeros({4, 6}).t(), "zotorch::FZOO", 1),
+                    Catch::Contains("parameter 1") && Catch::Contains("not contiguous") &&
+                        Catch::Contains("[6, 4]"));
+  const at::Tensor sparse = at::zeros({4, 4}).to_sparse();
+  CHECK_THROWS_WITH(check_sweepable(sparse, "zotorch::AdaMeZO", 0),
+                    Catch::Contains("parameter 0") && Catch::Contains("Sparse") && Catch::Contains("dense"));
+  CHECK_THROWS_WITH(check_sweepable(at::Tensor(), "zotorch::MeZO", 2), Catch::Contains("parameter 2") &&
+                                                                           Catch::Contains("undefined"));
+  CHECK_NOTHROW(check_sweepable(at::zeros({4}, at::kBFloat16), "zotorch::MeZO", 0));
+}
