@@ -7,7 +7,11 @@
 # Usage: compare.sh [--program PATH] [--task polarity|wordnet] [--mode head|lora|full]
 #                   [--budget N] [--train-layers K] [--batch N] [--seed N] [--device cpu|cuda]
 #                   [--dtype float32|bfloat16] [--methods "fzoo mezo adamezo adam"] [--out DIR]
-#                   [--lr-fzoo X --lr-mezo X --lr-adamezo X --lr-adam X] [--eps X] [--threads N]
+#                   [--lr-fzoo X --lr-mezo X --lr-adamezo X --lr-adam X] [--eps X]
+#                   [--jobs N] [--threads N]
+# Runs --jobs methods at a time (default 2) with --threads intra-op threads each (default 1): on a
+# 2-core machine two single-threaded runs use both cores with no OpenMP barrier spinning.
+# Frozen-layer caches go to $ZOTORCH_CACHE_DIR (default out/cache), shared by all runs.
 # Defaults (sized for about 10 minutes on a 2-core CPU): --task polarity --mode lora
 # --train-layers 1 --budget 1800, learning rates chosen on the dev set (docs/results.md).
 set -euo pipefail
@@ -16,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 program="${ZOTORCH_BUILD_DIR:-$root/build}/examples/finetune_classifier/finetune_classifier"
 task=polarity mode=lora budget=1800 train_layers=1 batch=16 seed=0 device=cpu dtype=float32
-methods="fzoo mezo adamezo adam" out="$root/out/compare" eps="" threads=""
+methods="fzoo mezo adamezo adam" out="$root/out/compare" eps="" threads=1 jobs=2
 declare -A lr=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -33,8 +37,9 @@ while [[ $# -gt 0 ]]; do
     --out) out="$2"; shift 2 ;;
     --eps) eps="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
     --lr-fzoo|--lr-mezo|--lr-adamezo|--lr-adam) lr[${1#--lr-}]="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,21 +65,50 @@ esac
 mkdir -p "$out"
 common=(--model "$model" --train "$data/train.tsv" --dev "$data/dev.tsv" --test "$data/test.tsv"
         --mode "$mode" --train-layers "$train_layers" --batch "$batch" --seed "$seed" --device "$device"
-        --dtype "$dtype" --cache-dir "$out/cache" "${prompt[@]}")
+        --dtype "$dtype" --cache-dir "${ZOTORCH_CACHE_DIR:-$root/out/cache}" "${prompt[@]}")
 [[ -n "$threads" ]] && common+=(--threads "$threads")
 eval_every=$(( budget / 12 > 0 ? budget / 12 : 1 ))
 
 echo "== zero-shot baseline (the prompt-initialised head, no training)"
 "$program" "${common[@]}" --optimizer fzoo --budget-forward-passes 0 --out "$out/zero-shot" --quiet
 
-for method in $methods; do
-  key="$mode/$method"
-  rate="${lr[$method]:-${default_lr[$key]:-}}"
+run_method() {
+  local method="$1" rate args
+  rate="${lr[$method]:-${default_lr[$mode/$method]:-}}"
   args=(--optimizer "$method" --budget-forward-passes "$budget" --eval-every "$eval_every" --out "$out/$method")
   [[ -n "$rate" ]] && args+=(--lr "$rate")
   [[ -n "$eps" && "$method" != adam ]] && args+=(--eps "$eps")
-  echo "== $method ($mode, lr ${rate:-default}, budget $budget forward passes)"
-  "$program" "${common[@]}" "${args[@]}"
+  echo "== $method ($mode, lr ${rate:-default}, budget $budget forward passes) -> $out/$method/log.txt"
+  rm -rf "$out/$method" && mkdir -p "$out/$method"  # a fresh run, not a resumed one
+  if "$program" "${common[@]}" "${args[@]}" > "$out/$method/log.txt" 2>&1; then
+    tail -n 2 "$out/$method/log.txt" | head -n 1
+  else
+    echo "compare.sh: $method failed:" >&2
+    tail -n 5 "$out/$method/log.txt" >&2
+    return 1
+  fi
+}
+# The zero-shot run above built the frozen-layer cache, so parallel runs only read it. Progress
+# lines of the running methods are echoed as they appear.
+queue=($methods)
+declare -A shown=()
+while (( ${#queue[@]} )) || [[ -n "$(jobs -rp)" ]]; do
+  while (( ${#queue[@]} )) && (( $(jobs -rp | wc -l) < jobs )); do
+    run_method "${queue[0]}" &
+    queue=("${queue[@]:1}")
+  done
+  sleep 3
+  for method in $methods; do
+    line="$(grep -h ' | fp ' "$out/$method/log.txt" 2>/dev/null | tail -n 1 || true)"
+    if [[ -n "$line" && "$line" != "${shown[$method]:-}" ]]; then
+      echo "  [$method]${line#  }"
+      shown[$method]="$line"
+    fi
+  done
+done
+wait
+for method in $methods; do
+  [[ -f "$out/$method/summary.json" ]] || { echo "compare.sh: $method wrote no summary.json; see $out/$method/log.txt" >&2; exit 1; }
 done
 
 python="$root/.venv/bin/python"
