@@ -68,6 +68,7 @@ results="$out/results.jsonl"
   echo "machine: $(uname -srm); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')"
   [[ "$device" == cuda ]] && echo "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
   echo "torch: $("$python" -c 'import torch; print(torch.__version__)')"
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "command: benchmarks/compare.sh --device $device --dtype $dtype --sizes $sizes --batch $batch --seq $seq --steps $steps --methods $methods${threads:+ --threads $threads}"
 } | tee "$out/run.txt" >&2
 
@@ -83,10 +84,11 @@ for size in "${size_list[@]}"; do
   rm -f "$weights"
 done
 
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out/run.txt" >&2
 plot_args=()
 [[ $have_plot == 1 ]] && plot_args=(--plot "$out/overhead.png")
 echo >&2
 "$python" "$root/benchmarks/peers/compare.py" "$results" --markdown "$out/table.md" "${plot_args[@]}" \
-  --title "$device $dtype, batch $batch x $seq tokens, $(date -u +%Y-%m-%d)"
+  --title "$device $dtype, batch $batch x $seq tokens${threads:+, $threads thread(s)}, $(date -u +%Y-%m-%d)"
 echo >&2
 echo "compare.sh: wrote $results, $out/table.md${plot_args:+, $out/overhead.png}" >&2
