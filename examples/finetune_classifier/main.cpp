@@ -78,6 +78,8 @@ pytorch_model.bin, vocab.txt/tokenizer.json) as a sentence classifier on text<TA
   --head-scale S                      (default 20)
   --eval-every N                      evaluate on dev every N forward passes (default budget/10)
   --eval-batch N                      (default 64)
+  --cache-dir DIR                     keep the frozen layers' outputs there and reuse them across runs
+                                      with the same model, data, --max-length, --train-layers, dtype
   --threads N                         intra-op threads (default: LibTorch's choice)
   --quiet                             print only the final result
 )";
@@ -89,7 +91,7 @@ struct Args {
   double lr = -1, eps = -1, weight_decay = 0;
   int64_t train_layers = -1, lora_rank = 8, max_length = 64, eval_every = -1, eval_batch = 64, threads = 0;
   double lora_alpha = 16, head_scale = 20;
-  std::string pooling = "auto", normalize = "auto", head_init = "prompt", label_template = "{label}", label_words;
+  std::string pooling = "auto", normalize = "auto", head_init = "prompt", label_template = "{label}", label_words, cache_dir;
   bool resume = false, quiet = false;
 };
 
@@ -131,6 +133,7 @@ Args parse_args(int argc, char** argv) {
       {"--eval-every", [&](const std::string& v) { a.eval_every = std::stoll(v); }},
       {"--eval-batch", [&](const std::string& v) { a.eval_batch = std::stoll(v); }},
       {"--threads", [&](const std::string& v) { a.threads = std::stoll(v); }},
+      {"--cache-dir", [&](const std::string& v) { a.cache_dir = v; }},
   };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -268,8 +271,27 @@ struct Model {
   }
 
   /// Runs the frozen part once per example (length-sorted batches) and keeps its output.
-  void build_cache(Dataset& d, int64_t batch) {
+  void build_cache(Dataset& d, int64_t batch, const std::string& cache_file = "") {
     if (!head_only && frozen == 0) return;
+    if (!cache_file.empty() && fs::exists(cache_file)) {
+      std::vector<at::Tensor> saved;
+      torch::load(saved, cache_file);
+      if (saved.size() == d.size()) {
+        d.cache.clear();
+        for (auto& t : saved) d.cache.push_back(t.to(device));
+        return;
+      }
+    }
+    build_cache_now(d, batch);
+    if (!cache_file.empty()) {
+      std::vector<at::Tensor> cpu;
+      for (const auto& t : d.cache) cpu.push_back(t.cpu());
+      torch::save(cpu, cache_file + ".tmp");
+      fs::rename(cache_file + ".tmp", cache_file);
+    }
+  }
+
+  void build_cache_now(Dataset& d, int64_t batch) {
     torch::NoGradGuard no_grad;
     d.cache.assign(d.size(), at::Tensor());
     std::vector<size_t> order(d.size());
@@ -557,9 +579,23 @@ int main(int argc, char** argv) try {
   log(intro.str());
 
   const auto cache_started = std::chrono::steady_clock::now();
-  m.build_cache(train, a.eval_batch);
-  m.build_cache(dev, a.eval_batch);
-  m.build_cache(test, a.eval_batch);
+  // The cache key names everything the frozen part's output depends on.
+  auto cache_file = [&](const Dataset& d) -> std::string {
+    if (a.cache_dir.empty()) return "";
+    fs::create_directories(a.cache_dir);
+    std::ostringstream key;
+    const std::string weights = find_weight_file(a.model);
+    // The data file's content, not its time stamp: fetch-data.sh rewrites identical files.
+    key << fs::absolute(weights).string() << '|' << fs::file_size(weights) << '|' << std::hash<std::string>{}(read_text_file(d.path))
+        << '|' << a.max_length << '|' << m.frozen << '|' << m.head_only << '|' << a.dtype << '|' << (pooling == Pooling::Mean)
+        << m.normalize;
+    std::ostringstream name;
+    name << std::hex << std::hash<std::string>{}(key.str()) << ".pt";
+    return (fs::path(a.cache_dir) / name.str()).string();
+  };
+  m.build_cache(train, a.eval_batch, cache_file(train));
+  m.build_cache(dev, a.eval_batch, cache_file(dev));
+  m.build_cache(test, a.eval_batch, cache_file(test));
   if (m.frozen > 0) {
     log("  cache built in " + format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - cache_started).count()));
   }
@@ -632,6 +668,7 @@ int main(int argc, char** argv) try {
       save_best();
     }
     std::ofstream csv(metrics_path, std::ios::app);
+    csv.precision(10);
     csv << step << "," << fp << "," << (std::isfinite(running_loss) ? running_loss : loss) << "," << loss << "," << acc << ","
         << best_dev << "," << total_seconds() << "\n";
     ++metric_rows;
