@@ -227,8 +227,19 @@ std::string json_escape_free(const std::string& s) {
 
 }  // namespace
 
+static int run(const Options& opt);
+
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
+  try {
+    return run(opt);
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "bench_step: %s\n", e.what_without_backtrace());
+    return 1;
+  }
+}
+
+static int run(const Options& opt) {
   if (opt.threads > 0) at::set_num_threads(opt.threads);
   at::Device device(at::kCPU);
   if (opt.device == "cuda") {
