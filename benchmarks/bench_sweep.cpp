@@ -29,6 +29,8 @@ struct Options {
   std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16};
   std::vector<Distribution> dists = {Distribution::Rademacher, Distribution::Gaussian};
   std::vector<int> terms = {1};
+  std::vector<bool> stochastic = {false, true};  // 16-bit types only; the optimizers default to true
+  zotorch::detail::CpuKernels kernels = zotorch::detail::CpuKernels::Best;
   int repeats = 5;
   int threads = 0;  // 0: leave at::get_num_threads() as it is
   bool smoke = false;
@@ -38,8 +40,8 @@ struct Options {
   std::fprintf(stderr,
                "bench_sweep: %s\n"
                "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
-               "                   [--dist rademacher|gaussian|all] [--terms 1|8|all] [--repeats N] [--threads N]\n"
-               "                   [--smoke]\n",
+               "                   [--dist rademacher|gaussian|all] [--terms 1|8|all] [--rounding nearest|stochastic|all]\n"
+               "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n",
                message);
   std::exit(2);
 }
@@ -78,6 +80,18 @@ Options parse(int argc, char** argv) {
       else if (v == "1") o.terms = {1};
       else if (v == "8") o.terms = {8};
       else usage("--terms must be 1, 8 or all");
+    } else if (arg == "--rounding") {
+      const std::string v = value();
+      if (v == "all") o.stochastic = {false, true};
+      else if (v == "nearest") o.stochastic = {false};
+      else if (v == "stochastic") o.stochastic = {true};
+      else usage("--rounding must be nearest, stochastic or all");
+    } else if (arg == "--kernels") {
+      const std::string v = value();
+      if (v == "best") o.kernels = zotorch::detail::CpuKernels::Best;
+      else if (v == "avx2") o.kernels = zotorch::detail::CpuKernels::Avx2;
+      else if (v == "portable") o.kernels = zotorch::detail::CpuKernels::Portable;
+      else usage("--kernels must be best, avx2 or portable");
     } else if (arg == "--repeats") {
       o.repeats = std::atoi(value().c_str());
       if (o.repeats < 1) usage("--repeats must be >= 1");
@@ -144,8 +158,22 @@ double time_median(const std::function<void()>& body, int repeats, const at::Dev
 
 const char* dtype_name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
 
+/// The CPU kernels in use, as the JSON reports them.
+const char* kernels_name(const at::Device& device, zotorch::detail::CpuKernels kernels) {
+  using zotorch::detail::CpuKernels;
+  if (device.is_cuda()) return "cuda";
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+  const bool avx2 = kernels != CpuKernels::Portable && __builtin_cpu_supports("avx2");
+  const bool avx512 = kernels == CpuKernels::Best && avx2 && __builtin_cpu_supports("avx512f");
+  return avx512 ? "avx2+avx512f-philox" : avx2 ? "avx2" : "portable";
+#else
+  (void)kernels;
+  return "portable";
+#endif
+}
+
 struct Row {
-  std::string device, dtype, dist, case_name;
+  std::string device, dtype, dist, case_name, rounding;
   int64_t numel = 0, tensors = 0;
   int terms = 0, threads = 0;
   double zotorch = 0, aten = 0, limit = 0, copy = 0;  // GB/s
@@ -156,6 +184,7 @@ struct Row {
 int main(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   if (opt.threads > 0) at::set_num_threads(opt.threads);
+  zotorch::detail::cpu_kernels() = opt.kernels;
   at::Device device(at::kCPU);
   if (opt.device == "cuda") {
     if (!at::hasCUDA()) {
@@ -199,12 +228,11 @@ int main(int argc, char** argv) {
           plan.distribution = dist;
           plan.groups[0].lr = 1e-5;
           plan.groups[0].keep = 1.0;
+          plan.rounding_key = zotorch::step_key(99, 0);
           for (int k = 0; k < terms; ++k) {
             const double alpha = k == 0 ? eps : 0.0, beta = k == 0 ? 0.0 : 0.3 - 0.07 * k;
             plan.add_term({zotorch::step_key(1234, static_cast<uint64_t>(k)), static_cast<uint32_t>(k), alpha, beta, 0, 0});
           }
-          const double zotorch_s =
-              time_median([&] { zotorch::detail::apply_sweep(table, plan); }, opt.repeats, device, any);
           const double aten_s = time_median(
               [&] {
                 for (auto& p : params) {
@@ -219,37 +247,47 @@ int main(int argc, char** argv) {
                 }
               },
               opt.repeats, device, any);
-          Row row;
-          row.device = opt.device;
-          row.dtype = dtype_name(dtype);
-          row.dist = zotorch::to_string(dist);
-          row.case_name = case_name;
-          row.numel = numel;
-          row.tensors = static_cast<int64_t>(params.size());
-          row.terms = terms;
-          row.threads = at::get_num_threads();
-          row.zotorch = bytes / zotorch_s / 1e9;
-          row.aten = bytes / aten_s / 1e9;
-          row.limit = bytes / limit_s / 1e9;
-          row.copy = bytes / copy_s / 1e9;
-          std::printf(
-              "{\"device\":\"%s\",\"case\":\"%s\",\"dtype\":\"%s\",\"dist\":\"%s\",\"numel\":%lld,\"tensors\":%lld,"
-              "\"terms\":%d,\"threads\":%d,\"repeats\":%d,\"zotorch_gbps\":%.3f,\"aten_gbps\":%.3f,\"limit_gbps\":%.3f,"
-              "\"copy_gbps\":%.3f,\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f}\n",
-              row.device.c_str(), row.case_name.c_str(), row.dtype.c_str(), row.dist.c_str(),
-              static_cast<long long>(row.numel), static_cast<long long>(row.tensors), row.terms, row.threads,
-              opt.repeats, row.zotorch, row.aten, row.limit, row.copy, row.zotorch / row.aten, row.zotorch / row.limit);
-          std::fflush(stdout);
-          rows.push_back(row);
+          for (bool stochastic : opt.stochastic) {
+            if (stochastic && dtype == at::kFloat) continue;  // stochastic rounding exists for 16-bit types only
+            plan.stochastic_rounding = stochastic;
+            const double zotorch_s =
+                time_median([&] { zotorch::detail::apply_sweep(table, plan); }, opt.repeats, device, any);
+            Row row;
+            row.device = opt.device;
+            row.dtype = dtype_name(dtype);
+            row.dist = zotorch::to_string(dist);
+            row.case_name = case_name;
+            row.rounding = stochastic ? "stochastic" : "nearest";
+            row.numel = numel;
+            row.tensors = static_cast<int64_t>(params.size());
+            row.terms = terms;
+            row.threads = at::get_num_threads();
+            row.zotorch = bytes / zotorch_s / 1e9;
+            row.aten = bytes / aten_s / 1e9;
+            row.limit = bytes / limit_s / 1e9;
+            row.copy = bytes / copy_s / 1e9;
+            std::printf(
+                "{\"device\":\"%s\",\"kernels\":\"%s\",\"case\":\"%s\",\"dtype\":\"%s\",\"dist\":\"%s\","
+                "\"rounding\":\"%s\",\"numel\":%lld,\"tensors\":%lld,\"terms\":%d,\"threads\":%d,\"repeats\":%d,"
+                "\"zotorch_gbps\":%.3f,\"aten_gbps\":%.3f,\"limit_gbps\":%.3f,\"copy_gbps\":%.3f,"
+                "\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f}\n",
+                row.device.c_str(), kernels_name(device, opt.kernels), row.case_name.c_str(), row.dtype.c_str(),
+                row.dist.c_str(), row.rounding.c_str(), static_cast<long long>(row.numel),
+                static_cast<long long>(row.tensors), row.terms, row.threads, opt.repeats, row.zotorch, row.aten,
+                row.limit, row.copy, row.zotorch / row.aten, row.zotorch / row.limit);
+            std::fflush(stdout);
+            rows.push_back(row);
+          }
         }
       }
     }
   }
-  std::fprintf(stderr, "\n%-5s %-7s %-9s %-11s %11s %4s %6s %9s %9s %9s %9s %8s %8s\n", "dev", "case", "dtype",
-               "dist", "numel", "tens", "terms", "zotorch", "aten", "limit", "copy", "x aten", "of lim");
+  std::fprintf(stderr, "\n%-5s %-7s %-9s %-11s %-10s %11s %4s %5s %9s %9s %9s %9s %7s %7s\n", "dev", "case",
+               "dtype", "dist", "rounding", "numel", "tens", "terms", "zotorch", "aten", "limit", "copy", "x aten",
+               "of lim");
   for (const Row& r : rows) {
-    std::fprintf(stderr, "%-5s %-7s %-9s %-11s %11lld %4lld %6d %9.2f %9.2f %9.2f %9.2f %8.2f %8.2f\n",
-                 r.device.c_str(), r.case_name.c_str(), r.dtype.c_str(), r.dist.c_str(),
+    std::fprintf(stderr, "%-5s %-7s %-9s %-11s %-10s %11lld %4lld %5d %9.2f %9.2f %9.2f %9.2f %7.2f %7.2f\n",
+                 r.device.c_str(), r.case_name.c_str(), r.dtype.c_str(), r.dist.c_str(), r.rounding.c_str(),
                  static_cast<long long>(r.numel), static_cast<long long>(r.tensors), r.terms, r.zotorch, r.aten,
                  r.limit, r.copy, r.zotorch / r.aten, r.zotorch / r.limit);
   }

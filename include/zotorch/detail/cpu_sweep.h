@@ -18,18 +18,35 @@
 #endif
 
 // Runtime dispatch to an AVX2 build of the same loops (GCC/Clang on x86-64 only; nvcc's host pass
-// and other compilers get the portable build). AVX2 without FMA: no instruction that could fuse a
-// multiply and an add exists in that build, so contraction cannot change a single bit.
+// and other compilers get the portable build). AVX2 without FMA: unless the user's flags enable
+// FMA, no instruction that could fuse a multiply and an add exists in that build.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
     !defined(ZOTORCH_NO_CPU_DISPATCH)
 #define ZOTORCH_CPU_AVX2_DISPATCH 1
 #include <immintrin.h>
 #endif
 
+// An AVX-512 build of the float loops too, with GCC only: AVX-512F has FMA instructions, and
+// GCC's optimize("fp-contract=off") (ZOTORCH_CPU_NO_CONTRACT below) is what keeps it from fusing
+// a multiply and an add there. Clang offers no such per-function switch (and contracts only
+// within one expression unless told -ffp-contract=fast); it gets AVX2 loops, AVX-512F Philox.
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH) && !defined(ZOTORCH_NO_AVX512) && defined(__GNUC__) && !defined(__clang__)
+#define ZOTORCH_CPU_AVX512_SWEEP 1
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define ZOTORCH_CPU_INLINE __attribute__((always_inline)) inline
 #else
 #define ZOTORCH_CPU_INLINE inline
+#endif
+
+// GCC contracts a·b + c into an fma whenever the target has FMA and the language mode is GNU (the
+// CMake default), e.g. under -march=native. The sweep's entry points switch that off for
+// themselves and everything inlined into them, so its bits never depend on the user's flags.
+#if defined(__GNUC__) && !defined(__clang__)
+#define ZOTORCH_CPU_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define ZOTORCH_CPU_NO_CONTRACT
 #endif
 
 namespace zotorch {
@@ -58,13 +75,13 @@ struct ResolvedGroup {
 /// unperturbed θ; tests/test_mezo.cpp checks this bit for bit). The CUDA kernels resolve their
 /// coefficients with this same function; mul/add keep nvcc from contracting it into an fma.
 template <class A>
-ZOTORCH_HD A resolve_coefficient(const SweepPlan& plan, int group, int k) {
+ZOTORCH_HD_INLINE A resolve_coefficient(const SweepPlan& plan, int group, int k) {
   const GroupScalars& g = plan.groups[group];
   return static_cast<A>(add(mul(g.keep, plan.terms[k].alpha), mul(g.lr, plan.terms[k].beta)));
 }
 
 template <class A>
-ResolvedGroup<A> resolve_group(const SweepPlan& plan, int group) {
+ZOTORCH_CPU_INLINE ResolvedGroup<A> resolve_group(const SweepPlan& plan, int group) {
   const GroupScalars& g = plan.groups[group];
   ResolvedGroup<A> out;
   out.keep = static_cast<A>(g.keep);
@@ -81,7 +98,7 @@ ResolvedGroup<A> resolve_group(const SweepPlan& plan, int group) {
 /// Which CPU kernels sweeps may use: Best (the default) picks the widest the CPU runs; tests and
 /// benchmarks pin the others to compare them. All of them compute the same bits.
 enum class CpuKernels : uint8_t {
-  Best,      ///< AVX2 loops with AVX-512F Philox where the CPU has them
+  Best,      ///< AVX-512 where the CPU has it (loops: GCC builds only; Philox: GCC and Clang), else AVX2
   Avx2,      ///< AVX2 loops and Philox, no AVX-512
   Portable,  ///< the loops as the user's compiler flags build them
 };
@@ -110,7 +127,11 @@ inline namespace ZOTORCH_CPU_KERNELS_ABI {
 template <int N>
 ZOTORCH_CPU_INLINE void philox_lanes(uint64_t key, uint32_t tensor_id, uint32_t probe, uint64_t first_block,
                                      uint32_t (*out)[N]) {
-  alignas(64) uint32_t c0[N], c1[N], c2[N], c3[N];
+  // The counter words evolve in `out` itself: no copy at the end.
+  uint32_t* c0 = out[0];
+  uint32_t* c1 = out[1];
+  uint32_t* c2 = out[2];
+  uint32_t* c3 = out[3];
   for (int i = 0; i < N; ++i) {
     const uint64_t block = first_block + static_cast<uint64_t>(i);
     c0[i] = static_cast<uint32_t>(block);
@@ -132,12 +153,6 @@ ZOTORCH_CPU_INLINE void philox_lanes(uint64_t key, uint32_t tensor_id, uint32_t 
     }
     k0 += 0x9E3779B9u;
     k1 += 0xBB67AE85u;
-  }
-  for (int i = 0; i < N; ++i) {
-    out[0][i] = c0[i];
-    out[1][i] = c1[i];
-    out[2][i] = c2[i];
-    out[3][i] = c3[i];
   }
 }
 
@@ -448,6 +463,16 @@ struct CpuChunks {
     }
   }
 
+  /// The one rounding of element i.
+  ZOTORCH_CPU_INLINE static void store(S* o, int i, A y, const float* uniform) {
+    if constexpr (Stochastic) {
+      o[i] = narrow_stochastic<Storage>(y, uniform[i]);
+    } else {
+      (void)uniform;
+      o[i] = Storage::narrow(y);
+    }
+  }
+
   /// The pass over θ of a linear sweep: s (from the array when Partial, else 0) plus the last term
   /// c·z, then y = keep·x + s, then one rounding. `last` is null when there is no term.
   template <bool Partial>
@@ -460,22 +485,16 @@ struct CpuChunks {
       const A* sc = s + ch * kCpuChunk;
       alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
-      auto store = [&](int i, A y) {
-        if constexpr (Stochastic) {
-          o[i] = narrow_stochastic<Storage>(y, uniform[i]);
-        } else {
-          o[i] = Storage::narrow(y);
-        }
-      };
       if (last == nullptr) {
-        for (int i = 0; i < kCpuChunk; ++i) store(i, linear_update(keep, Storage::widen(o[i]), sc[i]));
+        for (int i = 0; i < kCpuChunk; ++i) store(o, i, linear_update(keep, Storage::widen(o[i]), sc[i]), uniform);
       } else if constexpr (Dist == Distribution::Rademacher) {
         for (int q = 0; q < 4; ++q) {
           const uint32_t word = last_words[q * kCpuSpan + ch];
           for (int b = 0; b < 32; ++b) {
             const int i = 32 * q + b;
             const A partial = Partial ? sc[i] : A(0);
-            store(i, linear_update(keep, Storage::widen(o[i]), accumulate_sign(partial, c, sign_mask_of_bit(word, b))));
+            store(o, i, linear_update(keep, Storage::widen(o[i]), accumulate_sign(partial, c, sign_mask_of_bit(word, b))),
+                  uniform);
           }
         }
       } else {
@@ -483,7 +502,7 @@ struct CpuChunks {
         gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
         for (int i = 0; i < kCpuChunk; ++i) {
           const A partial = Partial ? sc[i] : A(0);
-          store(i, linear_update(keep, Storage::widen(o[i]), accumulate_value(partial, c, z[i])));
+          store(o, i, linear_update(keep, Storage::widen(o[i]), accumulate_value(partial, c, z[i])), uniform);
         }
       }
     }
@@ -500,12 +519,8 @@ struct CpuChunks {
       alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
       for (int i = 0; i < kCpuChunk; ++i) {
-        const A y = adaptive_update(keep, Storage::widen(o[i]), s[base + i], m[base + i], v[base + i], step, stab);
-        if constexpr (Stochastic) {
-          o[i] = narrow_stochastic<Storage>(y, uniform[i]);
-        } else {
-          o[i] = Storage::narrow(y);
-        }
+        store(o, i, adaptive_update(keep, Storage::widen(o[i]), s[base + i], m[base + i], v[base + i], step, stab),
+              uniform);
       }
     }
   }
@@ -533,7 +548,7 @@ struct CpuChunks {
 
 /// The portable build of the chunk loop; compiled with the user's flags.
 template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
-void cpu_sweep_span(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
+ZOTORCH_CPU_NO_CONTRACT void cpu_sweep_span(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
                     const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
   CpuChunks<Storage, Dist, Adaptive, Stochastic, false>::run(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
 }
@@ -541,7 +556,7 @@ void cpu_sweep_span(typename Storage::storage* data, int64_t numel, uint32_t ten
 #if defined(ZOTORCH_CPU_AVX2_DISPATCH)
 /// The same loop built for AVX2 (8 lanes instead of SSE2's 4), chosen at run time.
 template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
-__attribute__((target("avx2"))) void cpu_sweep_span_avx2(typename Storage::storage* data, int64_t numel,
+__attribute__((target("avx2"))) ZOTORCH_CPU_NO_CONTRACT void cpu_sweep_span_avx2(typename Storage::storage* data, int64_t numel,
                                                          uint32_t tensor_id, const SweepPlan& plan,
                                                          const ResolvedGroup<typename Storage::acc>& group,
                                                          int64_t chunk_begin, int64_t chunk_end) {
@@ -554,9 +569,33 @@ inline bool cpu_use_avx2() {
 }
 #endif
 
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+/// The same loop built for AVX-512 (16 lanes), with contraction off so that it rounds exactly as
+/// the other builds do (tests/test_sweep_cpu.cpp compares all of them with the definition).
+template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) ZOTORCH_CPU_NO_CONTRACT void cpu_sweep_span_avx512(
+    typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
+    const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
+  CpuChunks<Storage, Dist, Adaptive, Stochastic, true>::run(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
+}
+
+inline bool cpu_use_avx512_sweep() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  return has && cpu_kernels() == CpuKernels::Best;
+}
+#endif
+
 template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
 void cpu_sweep_dispatch(typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
                         const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+  if (cpu_use_avx512_sweep()) {
+    cpu_sweep_span_avx512<Storage, Dist, Adaptive, Stochastic>(data, numel, tensor_id, plan, group, chunk_begin,
+                                                               chunk_end);
+    return;
+  }
+#endif
 #if defined(ZOTORCH_CPU_AVX2_DISPATCH)
   if (cpu_use_avx2()) {
     cpu_sweep_span_avx2<Storage, Dist, Adaptive, Stochastic>(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
@@ -600,7 +639,7 @@ void cpu_sweep_tensor_chunks(const ParamEntry& entry, const SweepPlan& plan,
 }
 
 /// Runs one sweep over every CPU tensor of the table, in one parallel region.
-inline void cpu_sweep(const ParamTable& table, const SweepPlan& plan) {
+ZOTORCH_CPU_NO_CONTRACT inline void cpu_sweep(const ParamTable& table, const SweepPlan& plan) {
   const auto& entries = table.entries;
   std::vector<int64_t> first_chunk(entries.size() + 1, 0);
   for (size_t t = 0; t < entries.size(); ++t) {

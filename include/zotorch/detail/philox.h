@@ -13,6 +13,22 @@
 #define ZOTORCH_HD inline
 #endif
 
+// The element functions are always inlined on the host too: the CPU sweep's loops vectorise only
+// with their bodies inside, and GCC declines to inline ordinary inline functions into the sweep's
+// entry points, which carry target(...) and optimize("fp-contract=off") attributes.
+#if defined(__CUDACC__)
+#define ZOTORCH_HD_INLINE __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define ZOTORCH_HD_INLINE inline __attribute__((always_inline))
+#else
+#define ZOTORCH_HD_INLINE inline
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define ZOTORCH_HOST_INLINE inline __attribute__((always_inline))
+#else
+#define ZOTORCH_HOST_INLINE inline
+#endif
+
 // Full unrolling of short fixed loops, spelled for each compiler (GCC warns on a bare
 // `#pragma unroll` under -Wall).
 #if defined(__CUDACC__) || defined(__clang__)
@@ -32,7 +48,7 @@ struct Words4 {
 };
 
 /// One Philox4x32-10 evaluation: 128 random bits from (counter, key). Random123's constants.
-ZOTORCH_HD Words4 philox4x32_10(Words4 ctr, uint32_t key0, uint32_t key1) {
+ZOTORCH_HD_INLINE Words4 philox4x32_10(Words4 ctr, uint32_t key0, uint32_t key1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
 ZOTORCH_PHILOX_UNROLL
@@ -49,7 +65,7 @@ ZOTORCH_PHILOX_UNROLL
 }
 
 /// The noise stream's coordinates (algorithms.md "Noise"): counter = {block_lo, block_hi, tensor_id, probe}.
-ZOTORCH_HD Words4 noise_block(uint64_t key, uint32_t tensor_id, uint32_t probe, uint64_t block) {
+ZOTORCH_HD_INLINE Words4 noise_block(uint64_t key, uint32_t tensor_id, uint32_t probe, uint64_t block) {
   return philox4x32_10(Words4{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), tensor_id, probe}},
                        static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
 }
@@ -62,7 +78,7 @@ constexpr int64_t kRoundingBlock = 4;
 constexpr uint32_t kRoundingProbe = 0xFFFFFFFFu;
 
 /// SplitMix64 finaliser: a bijective 64-bit mix, used to derive keys from (seed, counter).
-ZOTORCH_HD uint64_t splitmix64(uint64_t x) {
+ZOTORCH_HD_INLINE uint64_t splitmix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
@@ -70,7 +86,7 @@ ZOTORCH_HD uint64_t splitmix64(uint64_t x) {
 }
 
 template <typename To, typename From>
-ZOTORCH_HD To bit_cast(From from) {
+ZOTORCH_HD_INLINE To bit_cast(From from) {
   static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
   To to;
   memcpy(&to, &from, sizeof(To));
@@ -87,42 +103,42 @@ __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, 
 __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
 __device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
 #else
-inline float mul(float a, float b) { return a * b; }
-inline float add(float a, float b) { return a + b; }
-inline float sub(float a, float b) { return a - b; }
-inline double mul(double a, double b) { return a * b; }
-inline double add(double a, double b) { return a + b; }
-inline double sub(double a, double b) { return a - b; }
+ZOTORCH_HOST_INLINE float mul(float a, float b) { return a * b; }
+ZOTORCH_HOST_INLINE float add(float a, float b) { return a + b; }
+ZOTORCH_HOST_INLINE float sub(float a, float b) { return a - b; }
+ZOTORCH_HOST_INLINE double mul(double a, double b) { return a * b; }
+ZOTORCH_HOST_INLINE double add(double a, double b) { return a + b; }
+ZOTORCH_HOST_INLINE double sub(double a, double b) { return a - b; }
 #endif
 
 /// Rademacher sign of element `i` (0..127) of a block: +1 when its bit is 0, -1 when it is 1,
 /// expressed as the sign-bit mask to XOR into a coefficient (integer-only, hence bit-identical).
-ZOTORCH_HD uint32_t rademacher_sign_mask(const Words4& bits, int i) {
+ZOTORCH_HD_INLINE uint32_t rademacher_sign_mask(const Words4& bits, int i) {
   return ((bits.w[(i >> 5) & 3] >> (i & 31)) & 1u) << 31;
 }
 
 /// coefficient * z for z = ±1, exactly.
-ZOTORCH_HD float signed_coefficient(float coefficient, uint32_t sign_mask) {
+ZOTORCH_HD_INLINE float signed_coefficient(float coefficient, uint32_t sign_mask) {
   return bit_cast<float>(bit_cast<uint32_t>(coefficient) ^ sign_mask);
 }
-ZOTORCH_HD double signed_coefficient(double coefficient, uint32_t sign_mask) {
+ZOTORCH_HD_INLINE double signed_coefficient(double coefficient, uint32_t sign_mask) {
   return bit_cast<double>(bit_cast<uint64_t>(coefficient) ^ (static_cast<uint64_t>(sign_mask) << 32));
 }
 
 /// A uniform in (0, 1) on the grid (2k+1)·2^-24 from the top 23 bits of a word; exact in float.
-ZOTORCH_HD float open_uniform(uint32_t word) {
+ZOTORCH_HD_INLINE float open_uniform(uint32_t word) {
   // Through int32 (the value is below 2^24): SSE2/AVX2 convert signed integers only.
   return static_cast<float>(static_cast<int32_t>(((word >> 9) << 1) | 1u)) * 5.9604644775390625e-8f;  // 2^-24
 }
 
 /// A uniform in [0, 1) on the grid k·2^-24; exact in float. Drives stochastic rounding.
-ZOTORCH_HD float half_open_uniform(uint32_t word) {
+ZOTORCH_HD_INLINE float half_open_uniform(uint32_t word) {
   return static_cast<float>(static_cast<int32_t>(word >> 8)) * 5.9604644775390625e-8f;
 }
 
 /// Natural log for u in (0, 1], from +, *, / only (no libm), so CPU and CUDA agree bit for bit.
 /// u = m·2^e with m in [√½, √2); ln m = 2·atanh(s), s = (m−1)/(m+1), |s| ≤ 0.1716.
-ZOTORCH_HD float log_unit(float u) {
+ZOTORCH_HD_INLINE float log_unit(float u) {
   const uint32_t bits = bit_cast<uint32_t>(u);
   int32_t exponent = static_cast<int32_t>((bits >> 23) & 0xFFu) - 127;
   // m in [1, 2), halved when above 1.41421356f (0x3FB504F3), in integers: positive floats order as
@@ -150,7 +166,7 @@ ZOTORCH_HD float log_unit(float u) {
 struct SinCos {
   float cos, sin;
 };
-ZOTORCH_HD SinCos sincos_turns(float t) {
+ZOTORCH_HD_INLINE SinCos sincos_turns(float t) {
   const float quarter_turns = static_cast<float>(static_cast<int32_t>(add(mul(t, 4.0f), 0.5f)));
   const uint32_t quadrant = static_cast<uint32_t>(static_cast<int32_t>(quarter_turns)) & 3u;
   const float r = sub(t, mul(quarter_turns, 0.25f));  // exact: both on the 2^-24 grid, |r| ≤ 1/8
@@ -182,7 +198,7 @@ ZOTORCH_HD SinCos sincos_turns(float t) {
 struct Normals4 {
   float z[4];
 };
-ZOTORCH_HD Normals4 gaussian4(const Words4& bits) {
+ZOTORCH_HD_INLINE Normals4 gaussian4(const Words4& bits) {
   Normals4 out;
 ZOTORCH_PHILOX_UNROLL
   for (int pair = 0; pair < 2; ++pair) {

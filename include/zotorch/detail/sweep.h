@@ -81,25 +81,25 @@ struct Float32Storage {
   using storage = float;
   using acc = float;
   static constexpr bool is_16_bit = false;
-  ZOTORCH_HD static acc widen(storage x) { return x; }
-  ZOTORCH_HD static storage narrow(acc x) { return x; }
+  ZOTORCH_HD_INLINE static acc widen(storage x) { return x; }
+  ZOTORCH_HD_INLINE static storage narrow(acc x) { return x; }
 };
 
 struct Float64Storage {
   using storage = double;
   using acc = double;
   static constexpr bool is_16_bit = false;
-  ZOTORCH_HD static acc widen(storage x) { return x; }
-  ZOTORCH_HD static storage narrow(acc x) { return x; }
+  ZOTORCH_HD_INLINE static acc widen(storage x) { return x; }
+  ZOTORCH_HD_INLINE static storage narrow(acc x) { return x; }
 };
 
 struct BFloat16Storage {
   using storage = uint16_t;
   using acc = float;
   static constexpr bool is_16_bit = true;
-  ZOTORCH_HD static float widen(uint16_t x) { return bit_cast<float>(static_cast<uint32_t>(x) << 16); }
+  ZOTORCH_HD_INLINE static float widen(uint16_t x) { return bit_cast<float>(static_cast<uint32_t>(x) << 16); }
   /// Round to nearest even; NaN stays NaN (quietened). Branch-free, so that CPU loops vectorise.
-  ZOTORCH_HD static uint16_t narrow(float x) {
+  ZOTORCH_HD_INLINE static uint16_t narrow(float x) {
     const uint32_t bits = bit_cast<uint32_t>(x);
     const uint32_t quiet_nan = (bits >> 16) | 0x0040u;
     const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
@@ -111,7 +111,7 @@ struct Float16Storage {
   using storage = uint16_t;
   using acc = float;
   static constexpr bool is_16_bit = true;
-  ZOTORCH_HD static float widen(uint16_t h) {
+  ZOTORCH_HD_INLINE static float widen(uint16_t h) {
     const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
     const uint32_t exponent = (h >> 10) & 0x1Fu;
     const uint32_t mantissa = h & 0x3FFu;
@@ -123,7 +123,7 @@ struct Float16Storage {
     return bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
   }
   /// Round to nearest even, with overflow to ±inf and gradual underflow.
-  ZOTORCH_HD static uint16_t narrow(float x) {
+  ZOTORCH_HD_INLINE static uint16_t narrow(float x) {
     const uint32_t bits = bit_cast<uint32_t>(x);
     const uint32_t sign = (bits >> 16) & 0x8000u;
     const uint32_t magnitude = bits & 0x7FFFFFFFu;
@@ -149,7 +149,7 @@ struct Float16Storage {
 /// Written without branches (every candidate computed, then selected) so that the CPU loop
 /// vectorises; where x is exact or not finite the probability is unused and may be nan or inf.
 template <class Storage>
-ZOTORCH_HD uint16_t narrow_stochastic(float x, float uniform) {
+ZOTORCH_HD_INLINE uint16_t narrow_stochastic(float x, float uniform) {
   const uint16_t nearest = Storage::narrow(x);
   const float nearest_value = Storage::widen(nearest);
   const bool keep_nearest = (nearest_value == x) | !(x - x == 0.0f);  // exact, or inf/nan
@@ -170,32 +170,32 @@ ZOTORCH_HD uint16_t narrow_stochastic(float x, float uniform) {
 
 /// s ← s + c·z for a Rademacher z given as its sign mask (exact product).
 template <class A>
-ZOTORCH_HD A accumulate_sign(A s, A c, uint32_t sign_mask) {
+ZOTORCH_HD_INLINE A accumulate_sign(A s, A c, uint32_t sign_mask) {
   return add(s, signed_coefficient(c, sign_mask));
 }
 
 /// s ← s + c·z for a Gaussian z.
 template <class A>
-ZOTORCH_HD A accumulate_value(A s, A c, float z) {
+ZOTORCH_HD_INLINE A accumulate_value(A s, A c, float z) {
   return add(s, mul(c, static_cast<A>(z)));
 }
 
 /// v ← v + w·z² for a Gaussian z, with z² formed in the arithmetic type (fp64 for fp64 parameters).
 template <class A>
-ZOTORCH_HD A accumulate_square(A v, A w, float z) {
+ZOTORCH_HD_INLINE A accumulate_square(A v, A w, float z) {
   const A wide = static_cast<A>(z);
   return add(v, mul(w, mul(wide, wide)));
 }
 
 /// The new value before rounding: keep·x + s, then the adaptive correction when present.
 template <class A>
-ZOTORCH_HD A linear_update(A keep, A x, A s) {
+ZOTORCH_HD_INLINE A linear_update(A keep, A x, A s) {
   return add(mul(keep, x), s);
 }
-ZOTORCH_HD float square_root(float x) { return sqrtf(x); }
-ZOTORCH_HD double square_root(double x) { return sqrt(x); }
+ZOTORCH_HD_INLINE float square_root(float x) { return sqrtf(x); }
+ZOTORCH_HD_INLINE double square_root(double x) { return sqrt(x); }
 template <class A>
-ZOTORCH_HD A adaptive_update(A keep, A x, A s, A m, A v, A step, A stab) {
+ZOTORCH_HD_INLINE A adaptive_update(A keep, A x, A s, A m, A v, A step, A stab) {
   return sub(linear_update(keep, x, s), mul(step, m / add(square_root(v), stab)));
 }
 
