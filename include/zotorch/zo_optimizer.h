@@ -237,6 +237,17 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     return step.result_.defined() ? step.result_ : torch::tensor(last_step_.loss, torch::kDouble);
   }
 
+  /// Receives the stacked losses of a step's forward passes (1-D, on the losses' device, in the
+  /// order of StepReport::losses) before the method reads them, and may change them in place or
+  /// assign a tensor of the same shape. zotorch::DataParallel uses it to average the losses over a
+  /// process group; any other use must also be deterministic, since the update follows from it.
+  using LossReducer = std::function<void(at::Tensor& losses)>;
+
+  /// Sets (or, with nullptr, removes) the loss reducer; it is called once per step.
+  void set_loss_reducer(LossReducer reducer) { loss_reducer_ = std::move(reducer); }
+  /// The loss reducer in use (empty when none).
+  const LossReducer& loss_reducer() const { return loss_reducer_; }
+
   /// The report of the most recent step() (empty before the first).
   const StepReport& last_step() const { return last_step_; }
   /// Closure calls of all completed or skipped steps.
@@ -305,9 +316,25 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     }
 
     /// The losses of all forward passes so far, as doubles. Throws NonFiniteLoss if one is not finite.
+    /// With a loss reducer set, the new losses pass through it first (once per call that has new
+    /// losses; every method calls this once per step), and the reduced values are what the method,
+    /// the non-finite check, loss_tensors() and step()'s result see.
     const std::vector<double>& losses() {
       if (!pending_.empty()) {
-        const at::Tensor values = at::stack(pending_).to(at::kDouble).cpu();
+        at::Tensor stacked = at::stack(pending_);
+        if (owner_.loss_reducer_) {
+          // Data parallelism (distributed.h): every rank continues from the same reduced losses, so
+          // every rank takes the same decisions and applies the same update.
+          const auto count = static_cast<int64_t>(pending_.size());
+          owner_.loss_reducer_(stacked);
+          TORCH_CHECK(stacked.defined() && stacked.dim() == 1 && stacked.size(0) == count &&
+                          at::isFloatingType(stacked.scalar_type()),
+                      Derived::kName, ": the loss reducer must leave a 1-D floating-point tensor of ", count,
+                      " losses, got ", stacked.defined() ? stacked.sizes() : at::IntArrayRef{},
+                      "; reduce the values in place or assign a tensor of the same shape");
+          for (int64_t i = 0; i < count; ++i) pending_[static_cast<size_t>(i)] = stacked[i];
+        }
+        const at::Tensor values = stacked.to(at::kDouble).cpu();
         const double* data = values.data_ptr<double>();
         for (int64_t i = 0; i < values.numel(); ++i) report_.losses.push_back(data[i]);
         for (auto& loss : pending_) kept_.push_back(std::move(loss));
@@ -319,7 +346,8 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
       return report_.losses;
     }
 
-    /// The loss tensors of the forward passes read by losses(), as the closure returned them (detached).
+    /// The loss tensors of the forward passes read by losses(), as the closure returned them (detached)
+    /// or as the loss reducer left them.
     const std::vector<at::Tensor>& loss_tensors() const { return kept_; }
 
     /// One sweep that moves θ from its current offsets to `target` (all under this step's key),
@@ -501,6 +529,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
 
   detail::ParamTable table_;
   StepReport last_step_;
+  LossReducer loss_reducer_;
 };
 
 }  // namespace zotorch
