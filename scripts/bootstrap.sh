@@ -42,6 +42,8 @@ zotorch_apt_missing() {
   command -v g++ >/dev/null || missing+=(g++)
   command -v git >/dev/null || missing+=(git)
   [ -f /usr/include/catch2/catch.hpp ] || missing+=(catch2)
+  # gloo headers for ProcessGroupGloo.hpp (multi-process tests, distributed example); docs/distributed.md
+  [ -f /usr/include/gloo/algorithm.h ] || missing+=(libgloo-dev)
   if [ -z "${Torch_DIR:-}${CMAKE_PREFIX_PATH:-}" ] && [ ! -x "$ZOTORCH_VENV/bin/python" ]; then
     local python="${PYTHON:-python3}"
     if ! command -v "$python" >/dev/null; then
