@@ -49,7 +49,7 @@ done
 # chosen"); FZOO's lr is a step length (algorithms.md), hence its larger value.
 declare -A default_lr=(
   [head/fzoo]=3e-2 [head/mezo]=1e-2 [head/adamezo]=1e-4 [head/adam]=3e-3
-  [lora/fzoo]=1e-2 [lora/mezo]=1e-3 [lora/adamezo]=3e-5 [lora/adam]=1e-3
+  [lora/fzoo]=3e-2 [lora/mezo]=3e-3 [lora/adamezo]=3e-5 [lora/adam]=3e-4
   [full/fzoo]=3e-4 [full/mezo]=1e-5 [full/adamezo]=1e-6 [full/adam]=2e-5
 )
 
