@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -141,19 +142,32 @@ void synchronize(const at::Device& device, const at::Tensor& any) {
   if (device.is_cuda()) (void)any.flatten()[0].item<float>();
 }
 
-/// Median seconds of `repeats` timed runs after one warm-up.
-double time_median(const std::function<void()>& body, int repeats, const at::Device& device, const at::Tensor& any) {
+/// Wall and process-CPU seconds of one run: the median of each over `repeats` runs after a warm-up.
+struct Timing {
+  double wall = 0, cpu = 0;
+};
+
+double process_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+Timing time_median(const std::function<void()>& body, int repeats, const at::Device& device, const at::Tensor& any) {
   body();
   synchronize(device, any);
-  std::vector<double> seconds;
+  std::vector<double> wall, cpu;
   for (int r = 0; r < repeats; ++r) {
+    const double cpu_start = process_cpu_seconds();
     const auto start = std::chrono::steady_clock::now();
     body();
     synchronize(device, any);
-    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    cpu.push_back(process_cpu_seconds() - cpu_start);
   }
-  std::sort(seconds.begin(), seconds.end());
-  return seconds[seconds.size() / 2];
+  std::sort(wall.begin(), wall.end());
+  std::sort(cpu.begin(), cpu.end());
+  return {wall[wall.size() / 2], cpu[cpu.size() / 2]};
 }
 
 const char* dtype_name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
@@ -164,8 +178,14 @@ const char* kernels_name(const at::Device& device, zotorch::detail::CpuKernels k
   if (device.is_cuda()) return "cuda";
 #if defined(ZOTORCH_CPU_AVX2_DISPATCH)
   const bool avx2 = kernels != CpuKernels::Portable && __builtin_cpu_supports("avx2");
-  const bool avx512 = kernels == CpuKernels::Best && avx2 && __builtin_cpu_supports("avx512f");
-  return avx512 ? "avx2+avx512f-philox" : avx2 ? "avx2" : "portable";
+  const bool avx512f = kernels == CpuKernels::Best && avx2 && __builtin_cpu_supports("avx512f");
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+  const bool avx512 = avx512f && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512vl");
+#else
+  const bool avx512 = false;
+#endif
+  return avx512 ? "avx512" : avx512f ? "avx2+avx512f-philox" : avx2 ? "avx2" : "portable";
 #else
   (void)kernels;
   return "portable";
@@ -176,7 +196,8 @@ struct Row {
   std::string device, dtype, dist, case_name, rounding;
   int64_t numel = 0, tensors = 0;
   int terms = 0, threads = 0;
-  double zotorch = 0, aten = 0, limit = 0, copy = 0;  // GB/s
+  double zotorch = 0, aten = 0, limit = 0, copy = 0;  // GB/s of wall time
+  double zotorch_cpu = 0, aten_cpu = 0, limit_cpu = 0;  // GB/s of process CPU time
 };
 
 }  // namespace
@@ -217,8 +238,8 @@ int main(int argc, char** argv) {
       const double bytes = 2.0 * static_cast<double>(numel) * static_cast<double>(at::elementSize(dtype));
       const at::Tensor& any = params.front();
       // The memory-bound reference points depend on the tensors only, not on the plan.
-      const double limit_s = time_median([&] { for (auto& p : params) p.add_(1e-3); }, opt.repeats, device, any);
-      const double copy_s = time_median(
+      const Timing limit_s = time_median([&] { for (auto& p : params) p.add_(1e-3); }, opt.repeats, device, any);
+      const Timing copy_s = time_median(
           [&] { for (size_t i = 0; i < params.size(); ++i) copies[i].copy_(params[i]); }, opt.repeats, device, any);
       for (Distribution dist : opt.dists) {
         for (int terms : opt.terms) {
@@ -233,7 +254,7 @@ int main(int argc, char** argv) {
             const double alpha = k == 0 ? eps : 0.0, beta = k == 0 ? 0.0 : 0.3 - 0.07 * k;
             plan.add_term({zotorch::step_key(1234, static_cast<uint64_t>(k)), static_cast<uint32_t>(k), alpha, beta, 0, 0});
           }
-          const double aten_s = time_median(
+          const Timing aten_s = time_median(
               [&] {
                 for (auto& p : params) {
                   for (int k = 0; k < terms; ++k) {
@@ -250,7 +271,7 @@ int main(int argc, char** argv) {
           for (bool stochastic : opt.stochastic) {
             if (stochastic && dtype == at::kFloat) continue;  // stochastic rounding exists for 16-bit types only
             plan.stochastic_rounding = stochastic;
-            const double zotorch_s =
+            const Timing zotorch_s =
                 time_median([&] { zotorch::detail::apply_sweep(table, plan); }, opt.repeats, device, any);
             Row row;
             row.device = opt.device;
@@ -262,19 +283,24 @@ int main(int argc, char** argv) {
             row.tensors = static_cast<int64_t>(params.size());
             row.terms = terms;
             row.threads = at::get_num_threads();
-            row.zotorch = bytes / zotorch_s / 1e9;
-            row.aten = bytes / aten_s / 1e9;
-            row.limit = bytes / limit_s / 1e9;
-            row.copy = bytes / copy_s / 1e9;
+            row.zotorch = bytes / zotorch_s.wall / 1e9;
+            row.aten = bytes / aten_s.wall / 1e9;
+            row.limit = bytes / limit_s.wall / 1e9;
+            row.copy = bytes / copy_s.wall / 1e9;
+            row.zotorch_cpu = bytes / zotorch_s.cpu / 1e9;
+            row.aten_cpu = bytes / aten_s.cpu / 1e9;
+            row.limit_cpu = bytes / limit_s.cpu / 1e9;
             std::printf(
                 "{\"device\":\"%s\",\"kernels\":\"%s\",\"case\":\"%s\",\"dtype\":\"%s\",\"dist\":\"%s\","
                 "\"rounding\":\"%s\",\"numel\":%lld,\"tensors\":%lld,\"terms\":%d,\"threads\":%d,\"repeats\":%d,"
                 "\"zotorch_gbps\":%.3f,\"aten_gbps\":%.3f,\"limit_gbps\":%.3f,\"copy_gbps\":%.3f,"
-                "\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f}\n",
+                "\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f,\"zotorch_cpu_gbps\":%.3f,\"aten_cpu_gbps\":%.3f,"
+                "\"limit_cpu_gbps\":%.3f,\"speedup_vs_aten_cpu\":%.3f,\"fraction_of_limit_cpu\":%.3f}\n",
                 row.device.c_str(), kernels_name(device, opt.kernels), row.case_name.c_str(), row.dtype.c_str(),
                 row.dist.c_str(), row.rounding.c_str(), static_cast<long long>(row.numel),
                 static_cast<long long>(row.tensors), row.terms, row.threads, opt.repeats, row.zotorch, row.aten,
-                row.limit, row.copy, row.zotorch / row.aten, row.zotorch / row.limit);
+                row.limit, row.copy, row.zotorch / row.aten, row.zotorch / row.limit, row.zotorch_cpu, row.aten_cpu,
+                row.limit_cpu, row.zotorch_cpu / row.aten_cpu, row.zotorch_cpu / row.limit_cpu);
             std::fflush(stdout);
             rows.push_back(row);
           }
@@ -291,6 +317,9 @@ int main(int argc, char** argv) {
                  static_cast<long long>(r.numel), static_cast<long long>(r.tensors), r.terms, r.zotorch, r.aten,
                  r.limit, r.copy, r.zotorch / r.aten, r.zotorch / r.limit);
   }
-  std::fprintf(stderr, "(GB/s of parameter bytes read + written; limit = p.add_(scalar), copy = q.copy_(p))\n");
+  std::fprintf(stderr,
+               "(GB/s of parameter bytes read + written per second of wall time; limit = p.add_(scalar), copy = "
+               "q.copy_(p). The JSON lines also give GB/s per second of process CPU time, *_cpu_gbps, which a busy "
+               "machine disturbs less when --threads 1.)\n");
   return 0;
 }

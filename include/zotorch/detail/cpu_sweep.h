@@ -327,11 +327,18 @@ ZOTORCH_CPU_INLINE uint32_t sign_mask_of_bit(uint32_t word, int b) {
   return (word & BitTable::bit[b]) != 0u ? 0x80000000u : 0u;
 }
 
-/// out[i] = sqrt(in[i]) for n a multiple of 4: correctly rounded, as sqrtf. A loop over sqrtf
+/// out[i] = sqrt(in[i]) for n a multiple of 4: correctly rounded, as sqrtf / sqrt. A loop over sqrtf
 /// does not vectorise while sqrtf may set errno.
 ZOTORCH_CPU_INLINE void sqrt_lanes(const float* in, float* out, int n) {
 #if defined(ZOTORCH_CPU_SSE2)
-  for (int i = 0; i < n; i += 4) _mm_store_ps(out + i, _mm_sqrt_ps(_mm_load_ps(in + i)));
+  for (int i = 0; i < n; i += 4) _mm_storeu_ps(out + i, _mm_sqrt_ps(_mm_loadu_ps(in + i)));
+#else
+  for (int i = 0; i < n; ++i) out[i] = std::sqrt(in[i]);
+#endif
+}
+ZOTORCH_CPU_INLINE void sqrt_lanes(const double* in, double* out, int n) {
+#if defined(ZOTORCH_CPU_SSE2)
+  for (int i = 0; i < n; i += 2) _mm_storeu_pd(out + i, _mm_sqrt_pd(_mm_loadu_pd(in + i)));
 #else
   for (int i = 0; i < n; ++i) out[i] = std::sqrt(in[i]);
 #endif
@@ -416,13 +423,18 @@ struct CpuChunks {
           for (int q = 0; q < 4; ++q) {
             const uint32_t word = words[q][ch];
             A* sq = s + ch * kCpuChunk + 32 * q;
-            for (int b = 0; b < 32; ++b) sq[b] = accumulate_sign(sq[b], c, sign_mask_of_bit(word, b));
             if constexpr (Adaptive) {
               const A mw = group.m_weight[k], vw = group.v_weight[k];
               A* mq = m + ch * kCpuChunk + 32 * q;
               A* vq = v + ch * kCpuChunk + 32 * q;
-              for (int b = 0; b < 32; ++b) mq[b] = accumulate_sign(mq[b], mw, sign_mask_of_bit(word, b));
-              for (int b = 0; b < 32; ++b) vq[b] = add(vq[b], vw);  // z² = 1
+              for (int b = 0; b < 32; ++b) {
+                const uint32_t mask = sign_mask_of_bit(word, b);
+                sq[b] = accumulate_sign(sq[b], c, mask);
+                mq[b] = accumulate_sign(mq[b], mw, mask);
+                vq[b] = add(vq[b], vw);  // z² = 1
+              }
+            } else {
+              for (int b = 0; b < 32; ++b) sq[b] = accumulate_sign(sq[b], c, sign_mask_of_bit(word, b));
             }
           }
         }
@@ -431,13 +443,17 @@ struct CpuChunks {
         for (int ch = 0; ch < n; ++ch) {
           gaussian_chunk<Avx2>(term.key, tensor_id, term.probe, first_chunk + ch, z);
           A* sc = s + ch * kCpuChunk;
-          for (int i = 0; i < kCpuChunk; ++i) sc[i] = accumulate_value(sc[i], c, z[i]);
           if constexpr (Adaptive) {
             const A mw = group.m_weight[k], vw = group.v_weight[k];
             A* mc = m + ch * kCpuChunk;
             A* vc = v + ch * kCpuChunk;
-            for (int i = 0; i < kCpuChunk; ++i) mc[i] = accumulate_value(mc[i], mw, z[i]);
-            for (int i = 0; i < kCpuChunk; ++i) vc[i] = accumulate_square(vc[i], vw, z[i]);
+            for (int i = 0; i < kCpuChunk; ++i) {
+              sc[i] = accumulate_value(sc[i], c, z[i]);
+              mc[i] = accumulate_value(mc[i], mw, z[i]);
+              vc[i] = accumulate_square(vc[i], vw, z[i]);
+            }
+          } else {
+            for (int i = 0; i < kCpuChunk; ++i) sc[i] = accumulate_value(sc[i], c, z[i]);
           }
         }
       }
@@ -518,8 +534,10 @@ struct CpuChunks {
       const int base = ch * static_cast<int>(kCpuChunk);
       alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
+      alignas(64) A root[kCpuChunk];
+      sqrt_lanes(v + base, root, kCpuChunk);
       for (int i = 0; i < kCpuChunk; ++i) {
-        store(o, i, adaptive_update(keep, Storage::widen(o[i]), s[base + i], m[base + i], v[base + i], step, stab),
+        store(o, i, adaptive_update_root(keep, Storage::widen(o[i]), s[base + i], m[base + i], root[i], step, stab),
               uniform);
       }
     }

@@ -194,9 +194,14 @@ ZOTORCH_HD_INLINE A linear_update(A keep, A x, A s) {
 }
 ZOTORCH_HD_INLINE float square_root(float x) { return sqrtf(x); }
 ZOTORCH_HD_INLINE double square_root(double x) { return sqrt(x); }
+/// The adaptive update given root_v = √v: the CPU takes the square roots a vector at a time.
+template <class A>
+ZOTORCH_HD_INLINE A adaptive_update_root(A keep, A x, A s, A m, A root_v, A step, A stab) {
+  return sub(linear_update(keep, x, s), mul(step, m / add(root_v, stab)));
+}
 template <class A>
 ZOTORCH_HD_INLINE A adaptive_update(A keep, A x, A s, A m, A v, A step, A stab) {
-  return sub(linear_update(keep, x, s), mul(step, m / add(square_root(v), stab)));
+  return adaptive_update_root(keep, x, s, m, square_root(v), step, stab);
 }
 
 }  // namespace detail
