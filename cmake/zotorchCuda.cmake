@@ -37,6 +37,21 @@ if(NOT TARGET zotorch::cuda)
   set_property(TARGET zotorch::cuda PROPERTY INTERFACE_LINK_LIBRARIES zotorch::zotorch)
 endif()
 
+# The OBJECT library zotorch_cuda_kernels, created once. Its compile flags are those of the directory
+# that creates it, so zotorch's own CMakeLists creates it next to find_package(Torch), where
+# LibTorch's architecture flags and the C++20 settings live, even when zotorch is a subdirectory.
+function(zotorch_create_cuda_kernels_target)
+  if(TARGET zotorch_cuda_kernels)
+    return()
+  endif()
+  _zotorch_require_cuda_language(zotorch_add_cuda_kernels)
+  get_property(source GLOBAL PROPERTY ZOTORCH_CUDA_KERNELS_SOURCE)
+  add_library(zotorch_cuda_kernels OBJECT "${source}")
+  target_link_libraries(zotorch_cuda_kernels PRIVATE zotorch::zotorch)
+  # One CUDA runtime per process: torch's shared libcudart, never a static copy beside it.
+  set_target_properties(zotorch_cuda_kernels PROPERTIES CUDA_RUNTIME_LIBRARY Shared POSITION_INDEPENDENT_CODE ON)
+endfunction()
+
 #[=======================================================================[.rst:
 zotorch_add_cuda_kernels(<target>)
 
@@ -52,14 +67,7 @@ function(zotorch_add_cuda_kernels target)
     message(FATAL_ERROR "zotorch_add_cuda_kernels: '${target}' is not a target; create it first")
   endif()
   _zotorch_require_cuda_language(zotorch_add_cuda_kernels)
-  if(NOT TARGET zotorch_cuda_kernels)
-    get_property(source GLOBAL PROPERTY ZOTORCH_CUDA_KERNELS_SOURCE)
-    add_library(zotorch_cuda_kernels OBJECT "${source}")
-    target_link_libraries(zotorch_cuda_kernels PRIVATE zotorch::zotorch)
-    # One CUDA runtime per process: torch's shared libcudart, never a static copy beside it.
-    set_target_properties(zotorch_cuda_kernels PROPERTIES CUDA_RUNTIME_LIBRARY Shared
-                                                          POSITION_INDEPENDENT_CODE ON)
-  endif()
+  zotorch_create_cuda_kernels_target()
   # Properties rather than target_link_libraries, which would clash with whichever signature
   # (plain or PRIVATE/PUBLIC) the caller already used for <target>.
   get_target_property(type ${target} TYPE)

@@ -5,5 +5,6 @@
 
 #include <cstdint>
 
-/// Runs `steps` FZOO steps on a small least-squares problem on `device`; returns the forward passes.
+/// Runs `steps` FZOO steps (4 probes each) on a small least-squares problem on `device`; returns the
+/// forward passes, or -1 if the parameters did not move.
 int64_t core_fzoo_steps(const torch::Device& device, int steps);

@@ -8,11 +8,21 @@
 
 #include <cstdio>
 
+#ifdef CONSUMER_OTHER_LIBRARY
+bool other_sees_cuda_kernels();
+#endif
+
 int main() {
   if (!zotorch::detail::cuda_kernels_available()) {
     std::fprintf(stderr, "FAILED: zotorch's CUDA kernels are not registered in this program\n");
     return 1;
   }
+#ifdef CONSUMER_OTHER_LIBRARY
+  if (!other_sees_cuda_kernels()) {
+    std::fprintf(stderr, "FAILED: the second library sees no registered kernels\n");
+    return 1;
+  }
+#endif
   std::printf("zotorch CUDA kernels registered\n");
   if (!torch::cuda::is_available()) {
     std::printf("no CUDA device: registration checked, the kernels were not run\n");
