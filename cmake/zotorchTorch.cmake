@@ -27,7 +27,9 @@ endmacro()
 # A machine without a GPU only needs the CUDA code to compile and link, so two architectures do
 # (pre-Hopper and Hopper); TORCH_CUDA_ARCH_LIST, as a variable or in the environment, overrides.
 macro(zotorch_default_cuda_arch_list)
-  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND "$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL "")
+  # (Nothing to choose when the check above found no CUDA compiler.)
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND "$ENV{TORCH_CUDA_ARCH_LIST}" STREQUAL ""
+     AND NOT (DEFINED CMAKE_CUDA_COMPILER AND NOT CMAKE_CUDA_COMPILER))
     find_program(ZOTORCH_NVIDIA_SMI nvidia-smi)
     set(_zotorch_gpus "")
     if(ZOTORCH_NVIDIA_SMI)

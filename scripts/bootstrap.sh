@@ -98,7 +98,7 @@ zotorch_install_torch() {
     return
   fi
   if [ -x "$ZOTORCH_VENV/bin/python" ] && "$ZOTORCH_VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
-    zotorch_log "LibTorch: $("$ZOTORCH_VENV/bin/python" -c 'import torch; print(torch.__version__)') in .venv"
+    zotorch_log "LibTorch: $("$ZOTORCH_VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null) in .venv"
   else
     if [ ! -x "$ZOTORCH_VENV/bin/python" ]; then
       zotorch_log "creating .venv with ${PYTHON:-python3}"
@@ -107,7 +107,8 @@ zotorch_install_torch() {
     zotorch_log "pip install '$ZOTORCH_TORCH_SPEC' into .venv (first time: ~3 GB unless pip's cache has it)"
     "$ZOTORCH_VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off "$ZOTORCH_TORCH_SPEC"
   fi
-  ZOTORCH_TORCH_PREFIX="$("$ZOTORCH_VENV/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+  # stderr: importing torch warns when numpy is absent, which does not matter here.
+  ZOTORCH_TORCH_PREFIX="$("$ZOTORCH_VENV/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)"
 }
 
 # ---- configure and build --------------------------------------------------------------------------
