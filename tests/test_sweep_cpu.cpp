@@ -173,7 +173,8 @@ const char* kernels_name(CpuKernels k) {
 TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep]") {
   CpuSettingsGuard guard;
   // Every dtype, distribution, variant and rounding mode; term counts 0 (decay only), 1 (fused
-  // path), 2, 9; both thread counts and all kernel builds.
+  // path), 2, 4 (Rademacher: a pair and a single before the fused one), 9 (two groups of four);
+  // both thread counts and all kernel builds.
   int cases = 0;
   for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
     const ParamTable start = make_table(dtype, 5);
@@ -181,7 +182,7 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
       for (bool adaptive : {false, true}) {
         for (bool stochastic : {false, true}) {
           if (stochastic && !(dtype == at::kHalf || dtype == at::kBFloat16)) continue;
-          for (int terms : {0, 1, 2, 9}) {
+          for (int terms : {0, 1, 2, 4, 9}) {
             const SweepPlan plan = make_plan(dist, terms, adaptive, stochastic);
             const ParamTable expected = clone_table(start);
             reference_sweep(expected, plan);
@@ -205,7 +206,7 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
       }
     }
   }
-  CHECK(cases == 4 * 2 * 2 * 4 * 6 + 2 * 2 * 2 * 4 * 6);
+  CHECK(cases == 4 * 2 * 2 * 5 * 6 + 2 * 2 * 2 * 5 * 6);
 }
 
 TEST_CASE("A tensor's sweep does not depend on the other tensors in the table", "[sweep]") {

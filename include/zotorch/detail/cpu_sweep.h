@@ -413,7 +413,13 @@ struct CpuChunks {
       for (int i = 0; i < count; ++i) m[i] = A(0);
       for (int i = 0; i < count; ++i) v[i] = A(0);
     }
-    for (int k = 0; k < stored; ++k) {
+    int k = 0;
+    if constexpr (Dist == Distribution::Rademacher && !Adaptive) {
+      // Several terms per pass over s: one load and store of s per element for four terms.
+      for (; k + 4 <= stored; k += 4) accumulate_signs<4>(s, k, first_chunk, n, tensor_id, plan, group);
+      for (; k + 2 <= stored; k += 2) accumulate_signs<2>(s, k, first_chunk, n, tensor_id, plan, group);
+    }
+    for (; k < stored; ++k) {
       const SweepTerm& term = plan.terms[k];
       const A c = group.coefficient[k];
       if constexpr (Dist == Distribution::Rademacher) {
@@ -475,6 +481,32 @@ struct CpuChunks {
         finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last);
       } else {
         finish_linear<false>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last);
+      }
+    }
+  }
+
+  /// s += c_k·z_k for the G Rademacher terms first_term, first_term + 1, ... in order.
+  template <int G>
+  ZOTORCH_CPU_INLINE static void accumulate_signs(A* s, int first_term, int64_t first_chunk, int n, uint32_t tensor_id,
+                                                  const SweepPlan& plan, const ResolvedGroup<A>& group) {
+    alignas(64) uint32_t words[G][4][kCpuSpan];
+    A c[G];
+    for (int g = 0; g < G; ++g) {
+      const SweepTerm& term = plan.terms[first_term + g];
+      philox_batch<Avx2, kCpuSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words[g]);
+      c[g] = group.coefficient[first_term + g];
+    }
+    for (int ch = 0; ch < n; ++ch) {
+      for (int q = 0; q < 4; ++q) {
+        uint32_t word[G];
+        for (int g = 0; g < G; ++g) word[g] = words[g][q][ch];
+        A* sq = s + ch * kCpuChunk + 32 * q;
+        for (int b = 0; b < 32; ++b) {
+          A acc = sq[b];
+#pragma GCC unroll 4
+          for (int g = 0; g < G; ++g) acc = accumulate_sign(acc, c[g], sign_mask_of_bit(word[g], b));
+          sq[b] = acc;
+        }
       }
     }
   }
