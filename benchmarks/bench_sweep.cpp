@@ -33,18 +33,19 @@ struct Options {
   std::vector<bool> stochastic = {false, true};  // 16-bit types only; the optimizers default to true
   zotorch::detail::CpuKernels kernels = zotorch::detail::CpuKernels::Best;
   int repeats = 5;
+  bool repeats_given = false;
   int threads = 0;  // 0: leave at::get_num_threads() as it is
   bool smoke = false;
 };
 
-[[noreturn]] void usage(const char* message) {
-  std::fprintf(stderr,
-               "bench_sweep: %s\n"
+[[noreturn]] void usage(const char* message, int code = 2) {
+  std::fprintf(code == 0 ? stdout : stderr,
+               "%s%s"
                "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
                "                   [--dist rademacher|gaussian|all] [--terms 1|8|all] [--rounding nearest|stochastic|all]\n"
                "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n",
-               message);
-  std::exit(2);
+               code == 0 ? "" : "bench_sweep: ", code == 0 ? "" : (std::string(message) + "\n").c_str());
+  std::exit(code);
 }
 
 Options parse(int argc, char** argv) {
@@ -95,6 +96,7 @@ Options parse(int argc, char** argv) {
       else usage("--kernels must be best, avx2 or portable");
     } else if (arg == "--repeats") {
       o.repeats = std::atoi(value().c_str());
+      o.repeats_given = true;
       if (o.repeats < 1) usage("--repeats must be >= 1");
     } else if (arg == "--threads") {
       o.threads = std::atoi(value().c_str());
@@ -102,11 +104,12 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--smoke") {
       o.smoke = true;
     } else if (arg == "--help" || arg == "-h") {
-      usage("help");
+      usage("", 0);
     } else {
       usage(("unknown argument " + arg).c_str());
     }
   }
+  if (o.smoke && !o.repeats_given) o.repeats = 1;  // ctest runs --smoke to see it start and finish, not to measure
   return o;
 }
 
