@@ -17,6 +17,8 @@
 #include <torch/cuda.h>
 #include <torch/serialize.h>
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -270,6 +272,14 @@ std::string human_bytes(double bytes) {
   return buf;
 }
 
+/// CPU seconds this process has used: on a shared machine wall time also measures the neighbours.
+double cpu_seconds() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
 /// One all-reduce of a small CPU/CUDA tensor, for the latency measurement and the sharded evaluation.
 at::Tensor all_sum(const c10::intrusive_ptr<c10d::Backend>& group, at::Tensor t) {
   if (!group) return t;
@@ -410,11 +420,13 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
   // The clock starts after the first step (thread pools and allocator warm up in it) and stops
   // during evaluations.
   auto started = std::chrono::steady_clock::now();
-  double closure_seconds = 0, eval_seconds = 0, comm_before = 0, running = std::nan("");
+  double closure_seconds = 0, eval_seconds = 0, eval_cpu = 0, comm_before = 0, running = std::nan("");
+  double cpu_started = cpu_seconds();
   int64_t timed_steps = -1;
   while (opt.steps() < a.steps) {
     if (timed_steps == 0) {
       started = std::chrono::steady_clock::now();
+      cpu_started = cpu_seconds();
       closure_seconds = 0;
       comm_before = parallel ? parallel->communication().loss_seconds_total : 0;
     }
@@ -433,7 +445,9 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
     if (l.rank == 0 && a.checkpoint_every > 0 && step % a.checkpoint_every == 0) save_checkpoint(out, params, opt);
     if (a.eval_every > 0 && step % a.eval_every == 0 && step < a.steps) {
       const auto eval_started = std::chrono::steady_clock::now();
+      const double eval_cpu_started = cpu_seconds();
       const auto [acc, dev_loss] = evaluate();
+      eval_cpu += cpu_seconds() - eval_cpu_started;
       const auto now = std::chrono::steady_clock::now();
       eval_seconds += std::chrono::duration<double>(now - eval_started).count();
       const double seconds = std::chrono::duration<double>(now - started).count() - eval_seconds;
@@ -448,6 +462,8 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count() - eval_seconds;
   const double comm = parallel ? parallel->communication().loss_seconds_total - comm_before : 0;
+  const double cpu = cpu_seconds() - cpu_started - eval_cpu;
+  const double cpu_all_ranks = all_sum(group, at::full({1}, cpu, at::kDouble).to(device)).cpu().item<double>();
   const auto [acc, dev_loss] = evaluate();
   log("  step " + std::to_string(opt.steps()) + " | dev accuracy " + std::to_string(acc).substr(0, 6) + ", loss " +
       std::to_string(dev_loss).substr(0, 6));
@@ -469,7 +485,8 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
         << a.batch << ",\"steps\":" << timed_steps << ",\"seconds\":" << seconds
         << ",\"steps_per_second\":" << timed_steps / std::max(seconds, 1e-9)
         << ",\"closure_ms_per_step\":" << 1e3 * closure_seconds * per_step
-        << ",\"allreduce_ms_per_step\":" << 1e3 * comm * per_step << ",\"allreduce_latency_us\":"
+        << ",\"allreduce_ms_per_step\":" << 1e3 * comm * per_step << ",\"cpu_seconds_per_step_rank0\":" << cpu * per_step
+        << ",\"cpu_seconds_per_step_all_ranks\":" << cpu_all_ranks * per_step << ",\"allreduce_latency_us\":"
         << (std::isfinite(latency_us) ? std::to_string(latency_us) : "null") << ",\"loss_bytes_per_step\":" << loss_bytes
         << ",\"gradient_allreduce_bytes_per_step\":" << 4 * numel << ",\"parameters\":" << numel
         << ",\"dev_accuracy\":" << acc << ",\"dev_loss\":" << dev_loss << "}";

@@ -169,6 +169,10 @@ std::string train(const Args& a, Problem& problem, Opt& opt, const c10::intrusiv
   }
   std::unique_ptr<zotorch::DataParallel<Opt>> parallel;
   if (!a.reference) {
+    // Start together (under the group's long timeout): --step-timeout-ms also bounds the wrapper's
+    // start-up collectives, and a rank that is slow to load must not trip it.
+    std::vector<at::Tensor> barrier{at::zeros({1})};
+    group->allreduce(barrier)->wait();
     parallel = std::make_unique<zotorch::DataParallel<Opt>>(
         opt, group,
         zotorch::DataParallelOptions().check_every(a.check_every).broadcast_parameters(!resumed).timeout(
