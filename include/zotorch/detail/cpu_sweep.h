@@ -1,6 +1,6 @@
 // CPU backend of the fused sweep: at::parallel_for over 128-element chunks of the whole parameter
-// list, one read and one write of each element, directions regenerated in registers.
-// Chunks never change the result: every element's noise is a pure function of its coordinates.
+// list, one read and one write of each element, directions regenerated in vectorised batches
+// (portable, AVX2 and AVX-512 builds chosen at run time). No chunking or build changes a bit.
 #pragma once
 
 #include <zotorch/detail/sweep.h>
@@ -65,7 +65,7 @@ struct ResolvedGroup {
   A keep;
   A adaptive_step;  ///< lr·scale
   A adaptive_stab;
-  A coefficient[kMaxTerms];  ///< alpha_k + lr·beta_k
+  A coefficient[kMaxTerms];  ///< keep·alpha_k + lr·beta_k
   A m_weight[kMaxTerms];
   A v_weight[kMaxTerms];
 };
@@ -107,11 +107,15 @@ inline CpuKernels& cpu_kernels() {
   return kernels;
 }
 
-// The kernels below differ between a build with runtime dispatch and one without (nvcc's host
-// pass, other compilers): distinct inline namespaces keep the two from being merged by the linker
-// when both kinds of translation unit end up in one program.
-#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+// The kernels below differ between builds with and without runtime dispatch (nvcc's host pass,
+// other compilers, ZOTORCH_NO_CPU_DISPATCH / ZOTORCH_NO_AVX512): distinct inline namespaces keep
+// the linker from merging different definitions when such translation units share a program.
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+#define ZOTORCH_CPU_KERNELS_ABI cpu_dispatch_avx512
+#elif defined(ZOTORCH_CPU_AVX2_DISPATCH) && !defined(ZOTORCH_NO_AVX512)
 #define ZOTORCH_CPU_KERNELS_ABI cpu_dispatch_avx2
+#elif defined(ZOTORCH_CPU_AVX2_DISPATCH)
+#define ZOTORCH_CPU_KERNELS_ABI cpu_dispatch_avx2_only
 #else
 #define ZOTORCH_CPU_KERNELS_ABI cpu_portable
 #endif
@@ -188,7 +192,7 @@ __attribute__((target("avx2"))) inline void philox_lanes_avx2(uint64_t key, uint
     for (int round = 0; round < 10; ++round) {
       const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0)), key1 = _mm256_set1_epi32(static_cast<int>(k1));
 #pragma GCC unroll 4
-    for (int g = 0; g < kGroups; ++g) {
+      for (int g = 0; g < kGroups; ++g) {
         // p0 = mul0·c0, p1 = mul1·c2, as (hi, lo) word pairs per lane.
         const __m256i p0_even = _mm256_mul_epu32(c0[g], mul0);
         const __m256i p0_odd = _mm256_mul_epu32(_mm256_srli_epi64(c0[g], 32), mul0);
@@ -223,9 +227,8 @@ __attribute__((target("avx2"))) inline void philox_lanes_avx2(uint64_t key, uint
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-/// philox_lanes with AVX-512F, 16 lanes per register. Integer instructions only, so no build
-/// flag can change a bit of it; float code stays in the AVX2 build (AVX-512F would let GCC
-/// contract a·b + c into an fma).
+/// philox_lanes with AVX-512F, 16 lanes per register. Integer instructions only, so it needs no
+/// protection from contraction and serves Clang's AVX2 build as well as GCC's AVX-512 one.
 template <int N>
 __attribute__((target("avx512f"))) inline void philox_lanes_avx512(uint64_t key, uint32_t tensor_id, uint32_t probe,
                                                                   uint64_t first_block, uint32_t (*out)[N]) {
