@@ -531,12 +531,15 @@ struct Config {
   const char* dtype;
   int64_t losses_per_step;  ///< N + 1 or 2n: what crosses the wire each step
   double tolerance;         ///< float64: rounding of the shard means only; float32: ~1e-5 per step, 200 steps
+  bool process_group = false;  ///< hand DataParallel a c10d::ProcessGroup instead of the bare Backend
 };
 
 void check_against_one_process(const Config& c) {
   Cluster cluster(std::string(c.optimizer) + std::to_string(c.world) + c.dtype);
   const std::vector<std::string> args{"--optimizer", c.optimizer, "--dtype", c.dtype, "--steps", "200", "--check-every", "50"};
-  const auto run = cluster.run("group", c.world, args);
+  auto group_args = args;
+  if (c.process_group) group_args.push_back("--process-group");
+  const auto run = cluster.run("group", c.world, group_args);
   require_clean_exits(run);
   require_identical_replicas(run);
   const bool float64 = std::string(c.dtype) == "float64";
@@ -562,9 +565,9 @@ TEST_CASE("FZOO over 2 and 4 Gloo processes: replicas bit-identical, equal to on
   check_against_one_process({"fzoo", 4, "float32", 9, 1e-3});
 }
 
-TEST_CASE("MeZO (n-SPSA) and AdaMeZO over Gloo processes: replicas bit-identical, equal to one process",
+TEST_CASE("MeZO (n-SPSA, through a c10d::ProcessGroup) and AdaMeZO over Gloo processes: replicas bit-identical, equal to one process",
           "[distributed][processes]") {
-  check_against_one_process({"mezo", 4, "float64", 4, 1e-9});
+  check_against_one_process({"mezo", 4, "float64", 4, 1e-9, /*process_group=*/true});
   check_against_one_process({"adamezo", 2, "float32", 2, 1e-3});
 }
 

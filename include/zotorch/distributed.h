@@ -224,7 +224,7 @@ int64_t broadcast_tensors(const std::vector<at::Tensor>& tensors, const c10::int
     c10d::BroadcastOptions options;
     options.rootRank = root;
     options.timeout = timeout;
-    detail::run_collective(*collectives, "the broadcast of the parameters from rank " + std::to_string(root),
+    detail::run_collective(*collectives, "the broadcast of " + std::to_string(bucket.size()) + " tensors from rank " + std::to_string(root),
                            [&] { return collectives->broadcast(payload, options); });
     if (collectives->rank() == root) continue;
     int64_t offset = 0;
@@ -252,7 +252,7 @@ int64_t broadcast_tensors(const std::vector<at::Tensor>& tensors, const c10::int
 /// Construction is collective (all ranks, same order), as is every step. The wrapper installs the
 /// optimizer's loss reducer, so opt.step() also averages over the group (but skips the periodic
 /// checks); destroy the wrapper before the optimizer. A rank whose closure throws leaves the group
-/// out of step: the others fail at the group's timeout; restart all ranks from a checkpoint.
+/// out of step: the others fail at the collectives' timeout; restart all ranks from a checkpoint.
 template <class Optimizer>
 class DataParallel {
  public:

@@ -30,6 +30,7 @@ namespace {
 const char* kUsage = R"(usage: zotorch_distributed_worker --out DIR [options]
   --rank R --world-size W --port P --prefix S   rank R of W; TCPStore client of 127.0.0.1:P, keys under S
   --reference                                   no group: one process evaluates the whole global batch
+  --process-group                               hand DataParallel a c10d::ProcessGroup around the Gloo backend
   --optimizer fzoo|mezo|adamezo  --steps N  --dtype float32|float64  --check-every K
   --timeout-ms T       the group's timeout (its rendezvous too; default 30000)
   --step-timeout-ms T  DataParallelOptions::timeout, for the collectives of the steps (default: unset)
@@ -47,7 +48,7 @@ struct Args {
   int64_t checkpoint_every = 0;
   int64_t die_rank = -1, die_step = -1, stall_rank = -1, stall_step = -1, stall_ms = 0;
   int64_t nan_rank = -1, nan_step = -1, corrupt_rank = -1, corrupt_step = -1;
-  bool reference = false, resume = false;
+  bool reference = false, resume = false, process_group = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -81,6 +82,8 @@ Args parse(int argc, char** argv) {
       a.reference = true;
     } else if (arg == "--resume") {
       a.resume = true;
+    } else if (arg == "--process-group") {
+      a.process_group = true;
     } else if (arg == "-h" || arg == "--help") {
       std::cout << kUsage;
       std::exit(0);
@@ -154,7 +157,8 @@ void write_bytes(const fs::path& path, const std::vector<at::Tensor>& params) {
 
 /// Runs the training loop for optimizer type Opt; returns the report's key=value lines.
 template <class Opt>
-std::string train(const Args& a, Problem& problem, Opt& opt, const c10::intrusive_ptr<c10d::Backend>& group) {
+std::string train(const Args& a, Problem& problem, Opt& opt, const c10::intrusive_ptr<c10d::Backend>& group,
+                  const c10::intrusive_ptr<c10d::ProcessGroup>& process_group) {
   const fs::path out(a.out), checkpoint = out / "checkpoint";
   bool resumed = false;
   if (a.resume && fs::exists(checkpoint / "params.pt")) {
@@ -173,10 +177,12 @@ std::string train(const Args& a, Problem& problem, Opt& opt, const c10::intrusiv
     // start-up collectives, and a rank that is slow to load must not trip it.
     std::vector<at::Tensor> barrier{at::zeros({1})};
     group->allreduce(barrier)->wait();
-    parallel = std::make_unique<zotorch::DataParallel<Opt>>(
-        opt, group,
+    const auto options =
         zotorch::DataParallelOptions().check_every(a.check_every).broadcast_parameters(!resumed).timeout(
-            a.step_timeout_ms > 0 ? std::chrono::milliseconds(a.step_timeout_ms) : c10d::kUnsetTimeout));
+            a.step_timeout_ms > 0 ? std::chrono::milliseconds(a.step_timeout_ms) : c10d::kUnsetTimeout);
+    // Either interface works: a bare Backend, or the ProcessGroup that dispatches to it.
+    parallel = process_group ? std::make_unique<zotorch::DataParallel<Opt>>(opt, process_group, options)
+                             : std::make_unique<zotorch::DataParallel<Opt>>(opt, group, options);
   }
   const int64_t shard = kBatch / a.world_size;
   const int64_t begin = a.reference ? 0 : a.rank * shard, end = a.reference ? kBatch : begin + shard;
@@ -243,6 +249,7 @@ int main(int argc, char** argv) {
     const at::ScalarType dtype = a.dtype == "float64" ? at::kDouble : at::kFloat;
     Problem problem(dtype, a.reference ? 1000 : 1000 + a.rank);
     c10::intrusive_ptr<c10d::Backend> group;
+    c10::intrusive_ptr<c10d::ProcessGroup> process_group;
     if (!a.reference) {
       c10d::TCPStoreOptions store_options;
       store_options.port = static_cast<uint16_t>(a.port);
@@ -254,12 +261,17 @@ int main(int argc, char** argv) {
       options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
       group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, static_cast<int>(a.rank), static_cast<int>(a.world_size),
                                                           options);
+      if (a.process_group) {
+        process_group = c10::make_intrusive<c10d::ProcessGroup>(store, static_cast<int>(a.rank), static_cast<int>(a.world_size));
+        process_group->setBackend(c10::DeviceType::CPU, c10d::ProcessGroup::BackendType::GLOO, group);
+        process_group->setDefaultBackend(c10d::ProcessGroup::BackendType::GLOO);
+      }
     }
     auto opt = make_optimizer(a, problem.params);
     std::string report;
-    if (auto* fzoo = dynamic_cast<zotorch::FZOO*>(opt.get())) report = train(a, problem, *fzoo, group);
-    if (auto* mezo = dynamic_cast<zotorch::MeZO*>(opt.get())) report = train(a, problem, *mezo, group);
-    if (auto* ada = dynamic_cast<zotorch::AdaMeZO*>(opt.get())) report = train(a, problem, *ada, group);
+    if (auto* fzoo = dynamic_cast<zotorch::FZOO*>(opt.get())) report = train(a, problem, *fzoo, group, process_group);
+    if (auto* mezo = dynamic_cast<zotorch::MeZO*>(opt.get())) report = train(a, problem, *mezo, group, process_group);
+    if (auto* ada = dynamic_cast<zotorch::AdaMeZO*>(opt.get())) report = train(a, problem, *ada, group, process_group);
     const std::string name = a.reference ? "reference" : "rank" + std::to_string(a.rank);
     write_bytes(fs::path(a.out) / (name + ".params"), problem.params);
     std::ofstream(fs::path(a.out) / (name + ".txt")) << report;
