@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <string>
 #include <vector>
 
@@ -74,10 +75,28 @@ Drift fused_run(torch::Tensor theta, const Options& options, int64_t steps) {
 
 int main(int argc, char** argv) {
   int64_t steps = 10000, numel = 1 << 16;
+  const char* usage =
+      "usage: bench_drift [--steps N] [--numel N] [--smoke]\n"
+      "  lr = 0 perturb/restore drift in ulps per method and dtype, fused sweeps against separate\n"
+      "  perturb and restore sweeps (defaults: 10000 steps, 65536 weights; --smoke: 20 steps, 1024)\n";
   for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) steps = std::atoll(argv[++i]);
-    if (!std::strcmp(argv[i], "--numel") && i + 1 < argc) numel = std::atoll(argv[++i]);
-    if (!std::strcmp(argv[i], "--smoke")) steps = 20, numel = 1024;
+    if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
+      steps = std::atoll(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--numel") && i + 1 < argc) {
+      numel = std::atoll(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--smoke")) {
+      steps = 20, numel = 1024;
+    } else if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      std::cout << usage;
+      return 0;
+    } else {
+      std::cerr << "bench_drift: unknown or incomplete option '" << argv[i] << "'\n" << usage;
+      return 2;
+    }
+  }
+  if (steps < 1 || numel < 1) {
+    std::cerr << "bench_drift: --steps and --numel must be positive\n" << usage;
+    return 2;
   }
   const double eps = 1e-3;
   struct Row {

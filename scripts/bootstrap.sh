@@ -44,6 +44,9 @@ zotorch_apt_missing() {
   [ -f /usr/include/catch2/catch.hpp ] || missing+=(catch2)
   # gloo headers for ProcessGroupGloo.hpp (multi-process tests, distributed example); docs/distributed.md
   [ -f /usr/include/gloo/algorithm.h ] || missing+=(libgloo-dev)
+  # clang with libFuzzer and the sanitizer runtimes: the checkpoint fuzzer (docs/reliability.md)
+  command -v clang++ >/dev/null || missing+=(clang)
+  compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a' >/dev/null || missing+=(libclang-rt-dev)
   if [ -z "${Torch_DIR:-}${CMAKE_PREFIX_PATH:-}" ] && [ ! -x "$ZOTORCH_VENV/bin/python" ]; then
     local python="${PYTHON:-python3}"
     if ! command -v "$python" >/dev/null; then

@@ -186,6 +186,13 @@ do_sanitize() {
     echo "## compute-sanitizer --tool $tool: $name" >>"$sanitizer_log"
     timeout 900 "$sanitizer_bin" --tool "$tool" --error-exitcode 99 "$tests" "$name" >>"$sanitizer_log" 2>&1 || status=1
   done
+  # The g++-compiled tests that step optimizers on CUDA tensors (docs/reliability.md): full steps,
+  # and steps aborted at every forward pass and restored.
+  for tool in memcheck racecheck; do
+    echo "## compute-sanitizer --tool $tool: zotorch_tests [cuda]" >>"$sanitizer_log"
+    timeout 900 "$sanitizer_bin" --tool "$tool" --error-exitcode 99 "$build/tests/zotorch_tests" "[cuda]" \
+      >>"$sanitizer_log" 2>&1 || status=1
+  done
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$sanitizer_log" >>"$summary"
   return $status
 }

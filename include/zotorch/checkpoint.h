@@ -382,6 +382,11 @@ inline void stage_module(const torch::nn::Module& module, torch::serialize::Inpu
                 "zotorch::load_checkpoint: ", prefix + key, " is ", value.scalar_type(), value.sizes(),
                 " in the checkpoint but ", target.scalar_type(), target.sizes(),
                 " in the model; build the model as it was when the checkpoint was saved");
+    // The copy happens after the optimizer has loaded, so it must not be able to fail then.
+    TORCH_CHECK(value.layout() == at::kStrided && !value.is_quantized() &&
+                    (value.device().is_cpu() || value.device() == target.device()),
+                "zotorch::load_checkpoint: ", prefix + key, " is a ", value.layout(), " tensor on ", value.device(),
+                " in the checkpoint; expected a dense tensor on the CPU or on ", target.device());
     staged.emplace_back(target, value);
   };
   for (const auto& item : module.named_parameters(/*recurse=*/false)) stage(item.key(), item.value(), false);
@@ -394,23 +399,30 @@ inline void stage_module(const torch::nn::Module& module, torch::serialize::Inpu
   }
 }
 
+/// The all-or-nothing load of a model and its optimizer from an archive that `what` names.
+inline void load_model_and_optimizer(torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                                     torch::serialize::InputArchive& archive, const std::string& what) {
+  torch::serialize::InputArchive model_archive, optimizer_archive;
+  TORCH_CHECK(archive.try_read("model", model_archive) && archive.try_read("optimizer", optimizer_archive),
+              "zotorch::load_checkpoint: ", what,
+              " holds no model and optimizer; it was not written by zotorch::save_checkpoint(model, optimizer, "
+              "path). Use load_checkpoint(optimizer, path) for an optimizer alone");
+  std::vector<std::pair<at::Tensor, at::Tensor>> staged;
+  stage_module(model, model_archive, "", staged);
+  optimizer.load(optimizer_archive);
+  torch::NoGradGuard no_grad;
+  for (auto& [target, value] : staged) target.copy_(value);
+}
+
 }  // namespace detail
 
 /// Loads a model and its optimizer saved by save_checkpoint(model, optimizer, path). All or nothing:
 /// every tensor is read and checked, then the optimizer is loaded, and only then are the parameters
 /// and buffers overwritten (in place, so that the optimizer keeps pointing at them).
 inline void load_checkpoint(torch::nn::Module& model, torch::optim::Optimizer& optimizer, const std::string& path) {
-  torch::serialize::InputArchive archive, model_archive, optimizer_archive;
+  torch::serialize::InputArchive archive;
   load_checkpoint(archive, path);
-  TORCH_CHECK(archive.try_read("model", model_archive) && archive.try_read("optimizer", optimizer_archive),
-              "zotorch::load_checkpoint: '", path,
-              "' holds no model and optimizer; it was not written by zotorch::save_checkpoint(model, optimizer, "
-              "path). Use load_checkpoint(optimizer, path) for an optimizer alone");
-  std::vector<std::pair<at::Tensor, at::Tensor>> staged;
-  detail::stage_module(model, model_archive, "", staged);
-  optimizer.load(optimizer_archive);
-  torch::NoGradGuard no_grad;
-  for (auto& [target, value] : staged) target.copy_(value);
+  detail::load_model_and_optimizer(model, optimizer, archive, "'" + path + "'");
 }
 
 }  // namespace zotorch
