@@ -18,6 +18,7 @@ if(ZOTORCH_SANITIZE_TESTS)
   list(FILTER _asan_sources EXCLUDE REGEX
        "/test_(bert_loader|wordpiece|decoder|readme_example|distributed|convergence)\\.cpp$")
   add_executable(zotorch_tests_asan ${_asan_sources} sanitizer_options.cpp $<TARGET_OBJECTS:zotorch_catch_main>)
+  zotorch_group_test_sources(zotorch_tests_asan)
   target_link_libraries(zotorch_tests_asan PRIVATE zotorch::zotorch Catch2::Catch2)
   target_include_directories(zotorch_tests_asan PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
   # -O1 is what the sanitizers' authors recommend, and compiles faster than the -O3 of Release.
@@ -30,7 +31,7 @@ if(ZOTORCH_SANITIZE_TESTS)
   if(ZOTORCH_CUDA_ENABLED)
     zotorch_add_cuda_kernels(zotorch_tests_asan)
   endif()
-  catch_discover_tests(zotorch_tests_asan TEST_PREFIX "asan:"
+  catch_discover_tests(zotorch_tests_asan TEST_PREFIX "asan:" EXTRA_ARGS --warn NoTests
                        PROPERTIES SKIP_REGULAR_EXPRESSION "SKIPPED: no CUDA device" LABELS sanitize)
 endif()
 

@@ -52,7 +52,7 @@ struct AdaMezoCase {
   static constexpr int64_t passes = 2;
 };
 
-std::string state_bytes(const torch::optim::Optimizer& opt) {
+std::string optimizer_state_bytes(const torch::optim::Optimizer& opt) {
   torch::serialize::OutputArchive archive;
   opt.save(archive);
   std::ostringstream out;
@@ -93,7 +93,7 @@ void throw_at_every_call(torch::Device device) {
     REQUIRE(bitwise_equal(on_cpu(problem.params), on_cpu(reference.params)));
 
     const auto before = on_cpu(problem.params);
-    const std::string state_before = state_bytes(opt);
+    const std::string state_before = optimizer_state_bytes(opt);
     int64_t call = 0;
     auto failing = [&] {
       if (++call == position) throw std::runtime_error("data loader failed");
@@ -102,7 +102,7 @@ void throw_at_every_call(torch::Device device) {
     CHECK_THROWS_WITH(opt.step(failing), Catch::Contains("data loader failed"));
     CHECK(call == position);
     CHECK(bitwise_equal(on_cpu(problem.params), before));
-    CHECK(state_bytes(opt) == state_before);
+    CHECK(optimizer_state_bytes(opt) == state_before);
 
     // The retry, and two steps after it, are the steps the clean run takes.
     for (int s = 0; s < 3; ++s) {

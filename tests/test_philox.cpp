@@ -124,7 +124,7 @@ TEST_CASE("Rademacher sign masks take bit i of the block, +1 for 0", "[philox]")
   }
 }
 
-TEST_CASE("Uniforms lie on their exact grids, strictly inside (0, 1) or in [0, 1)", "[philox]") {
+TEST_CASE("Uniforms lie on their exact grids, strictly inside (0, 1) or within 0 <= u < 1", "[philox]") {
   CHECK(open_uniform(0u) == std::ldexp(1.0f, -24));
   CHECK(open_uniform(~0u) == 1.0f - std::ldexp(1.0f, -24));
   CHECK(half_open_uniform(0u) == 0.0f);

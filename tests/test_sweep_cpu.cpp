@@ -22,7 +22,7 @@ using namespace zotorch::detail;
 
 namespace {
 
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
+bool bitwise_same(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() &&
          std::memcmp(a.contiguous().data_ptr(), b.contiguous().data_ptr(), a.numel() * a.element_size()) == 0;
 }
@@ -196,7 +196,7 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
                   INFO(dtype << " " << zotorch::to_string(dist) << " adaptive " << adaptive << " stochastic "
                              << stochastic << " terms " << terms << " kernels " << kernels_name(kernels)
                              << " threads " << threads << " tensor " << i);
-                  REQUIRE(bitwise_equal(swept.entries[i].tensor, expected.entries[i].tensor));
+                  REQUIRE(bitwise_same(swept.entries[i].tensor, expected.entries[i].tensor));
                 }
                 ++cases;
               }
@@ -227,7 +227,7 @@ TEST_CASE("A tensor's sweep does not depend on the other tensors in the table", 
       crowd.entries.push_back(ParamEntry{at::empty({0}), 999, 0});  // an empty tensor is skipped
       apply_sweep(crowd, plan);
       INFO(zotorch::to_string(dist) << " threads " << threads);
-      CHECK(bitwise_equal(crowd.entries[150].tensor, alone.entries[0].tensor));
+      CHECK(bitwise_same(crowd.entries[150].tensor, alone.entries[0].tensor));
     }
   }
 }
@@ -260,7 +260,7 @@ TEST_CASE("A linear sweep equals ATen arithmetic on materialised noise", "[sweep
       table.entries.push_back({theta.clone(), 8, 0});
       apply_sweep(table, plan);
       INFO(dtype << " " << zotorch::to_string(dist));
-      CHECK(bitwise_equal(table.entries[0].tensor, expected));
+      CHECK(bitwise_same(table.entries[0].tensor, expected));
     }
   }
 }
@@ -304,7 +304,7 @@ TEST_CASE("The adaptive sweep equals ATen's AdaMeZO update on materialised noise
       table.entries.push_back({theta.clone(), 2, 0});
       apply_sweep(table, plan);
       INFO(dtype << " " << zotorch::to_string(dist));
-      CHECK(bitwise_equal(table.entries[0].tensor, expected));
+      CHECK(bitwise_same(table.entries[0].tensor, expected));
     }
   }
 }
@@ -392,7 +392,7 @@ std::pair<double, double> rounding_bias(at::ScalarType dtype, double c, int64_t 
 
 }  // namespace
 
-TEST_CASE("Stochastic rounding to 16 bits is unbiased; round-to-nearest is not", "[sweep][rounding]") {
+TEST_CASE("Stochastic rounding to 16 bits is unbiased, round-to-nearest is not", "[sweep][rounding]") {
   // 1 ± c with c a fraction of the gap just above 1 (2^-7 for bfloat16, 2^-10 for float16):
   // neither 1 + c nor 1 − c is representable, so every element is rounded.
   for (double fraction : {0.1, 0.37, 0.5, 0.8}) {
@@ -461,8 +461,8 @@ TEST_CASE("Stochastic rounding is deterministic in its key and changes with it",
     apply_sweep(table, plan);
     return table.entries[0].tensor;
   };
-  CHECK(bitwise_equal(run(1, 1), run(1, 2)));
-  CHECK(!bitwise_equal(run(1, 2), run(2, 2)));
+  CHECK(bitwise_same(run(1, 1), run(1, 2)));
+  CHECK(!bitwise_same(run(1, 2), run(2, 2)));
 }
 
 TEST_CASE("narrow_stochastic takes the far neighbour with probability equal to the distance", "[rounding]") {

@@ -19,7 +19,7 @@ using zotorch::examples::Json;
 using zotorch::examples::WordPieceOptions;
 using zotorch::examples::WordPieceTokenizer;
 
-fs::path fixtures_dir() {
+fs::path tokenizer_fixtures_dir() {
   if (const char* env = std::getenv("ZOTORCH_FIXTURES_DIR")) return env;
   return fs::path(__FILE__).parent_path() / "fixtures";
 }
@@ -90,7 +90,7 @@ TEST_CASE("WordPiece matches Hugging Face tokenizers on the committed all-MiniLM
   }
   const WordPieceTokenizer tok = WordPieceTokenizer::from_directory(dir);
   CHECK(tok.vocab_size() == 30522);
-  CHECK(check_fixture_file(tok, (fixtures_dir() / "wordpiece_cases.json").string()) == 0);
+  CHECK(check_fixture_file(tok, (tokenizer_fixtures_dir() / "wordpiece_cases.json").string()) == 0);
 }
 
 TEST_CASE("WordPiece matches extra fixture files named in ZOTORCH_WORDPIECE_FIXTURES", "[wordpiece]") {
