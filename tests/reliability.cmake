@@ -17,20 +17,13 @@ if(ZOTORCH_SANITIZE_TESTS)
   set(_asan_sources ${ZOTORCH_TEST_SOURCES})
   list(FILTER _asan_sources EXCLUDE REGEX
        "/test_(bert_loader|wordpiece|decoder|readme_example|distributed|convergence)\\.cpp$")
-  add_executable(zotorch_tests_asan ${_asan_sources} sanitizer_options.cpp $<TARGET_OBJECTS:zotorch_catch_main>)
-  zotorch_group_test_sources(zotorch_tests_asan)
-  target_link_libraries(zotorch_tests_asan PRIVATE zotorch::zotorch Catch2::Catch2)
-  target_include_directories(zotorch_tests_asan PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}")
-  # -O1 is what the sanitizers' authors recommend, and compiles faster than the -O3 of Release.
+  zotorch_add_unit_tests(zotorch_tests_asan ${_asan_sources} sanitizer_options.cpp)
+  # -O1 is what the sanitizers' authors recommend, and compiles faster than the -O3 of Release. The
+  # precompiled header is the target's own, built with these flags.
   set(_sanitize_flags -fsanitize=address,undefined -fno-omit-frame-pointer)
   target_compile_options(zotorch_tests_asan PRIVATE ${_sanitize_flags} -O1 -g1)
   target_link_options(zotorch_tests_asan PRIVATE ${_sanitize_flags})
-  # Its own precompiled header: a PCH is only valid for the flags it was built with.
-  target_precompile_headers(zotorch_tests_asan PRIVATE <torch/torch.h> <catch2/catch.hpp>)
   set_source_files_properties(sanitizer_options.cpp PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
-  if(ZOTORCH_CUDA_ENABLED)
-    zotorch_add_cuda_kernels(zotorch_tests_asan)
-  endif()
   # One ctest entry that runs every test case in one process (15 s): under ASan each process start
   # costs about a second, which 94 separate entries would pay 94 times. A report fails the entry
   # and its output names the test case.
