@@ -1,4 +1,4 @@
-# The two ways a program gets zotorch's CUDA kernels (design.md "The one fused operation"), shared by
+# The two ways a program gets zotorch's CUDA kernels (docs/design.md "Packaging"), shared by
 # the build tree and the installed package: the zotorch::cuda target for a single executable, and
 # zotorch_add_cuda_kernels(<target>) for everything else, static libraries included.
 #

@@ -1,6 +1,6 @@
 """MeZO, FZOO and AdaMeZO steps written the way their released trainers do them, as baselines for
 zotorch (docs/performance.md "Optimizer step"). Our code, from the description of the released
-code in the shared background notes (algorithms-research.md sections 1.3, 2.1, 3.2, 4.2):
+code in docs/algorithms.md "Where zotorch differs from the released code":
 
 - a fresh integer seed per direction from a host RNG seeded once;
 - every sweep reseeds torch's RNG with that seed and walks the trainable tensors in order,

@@ -46,7 +46,7 @@ done
 [[ -x "$program" ]] || { echo "compare.sh: $program is not built; run scripts/demo.sh or build the finetune_classifier target" >&2; exit 1; }
 
 # Learning rates picked on the dev set of polarity (docs/results.md "How the learning rates were
-# chosen"); FZOO's lr is a step length (algorithms.md), hence its larger value.
+# chosen"); FZOO's lr is a step length (docs/algorithms.md "FZOO"), hence its larger value.
 declare -A default_lr=(
   [head/fzoo]=3e-2 [head/mezo]=1e-2 [head/adamezo]=1e-4 [head/adam]=3e-3
   [lora/fzoo]=3e-2 [lora/mezo]=3e-3 [lora/adamezo]=3e-5 [lora/adam]=3e-4

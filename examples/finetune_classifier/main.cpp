@@ -428,7 +428,7 @@ Trainer make_trainer(const Args& a, const std::vector<at::Tensor>& params) {
   } else {
     t.opt = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(a.lr).weight_decay(a.weight_decay));
     t.backprop = true;
-    t.fp_per_step = 3;  // one forward + a backward of about two (algorithms.md "Counting forward passes")
+    t.fp_per_step = 3;  // one forward + a backward of about two (docs/algorithms.md "Counting forward passes")
     auto* steps = &t.adam_steps;
     t.forward_passes = [steps] { return *steps * 3; };
   }

@@ -1,5 +1,5 @@
 // AdaMeZO (Cai, Chen, Zhu, ICML 2026): MeZO's two-point estimate with Adam-style moments rebuilt
-// each step from a window of (key, g) scalars, never stored as tensors. algorithms.md "AdaMeZO".
+// each step from a window of (key, g) scalars, never stored as tensors. docs/algorithms.md "AdaMeZO".
 #pragma once
 
 #include <zotorch/zo_optimizer.h>

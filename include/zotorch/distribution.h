@@ -1,4 +1,4 @@
-// The distributions a perturbation direction can be drawn from (algorithms.md "Noise").
+// The distributions a perturbation direction can be drawn from (docs/algorithms.md "Noise").
 #pragma once
 
 #include <cstdint>

@@ -1,5 +1,5 @@
 // FZOO (Dang et al., ICLR 2026): N one-sided Rademacher probes per step, the step normalised by
-// the standard deviation of their losses. Reads top to bottom like algorithms.md "FZOO".
+// the standard deviation of their losses. Reads top to bottom like docs/algorithms.md "FZOO".
 #pragma once
 
 #include <zotorch/zo_optimizer.h>
@@ -9,7 +9,7 @@
 namespace zotorch {
 
 /// Options of zotorch::FZOO. Note: the update is not divided by ε, so this lr equals the
-/// paper's η/ε; it is a step length, typically 10-100× MeZO's lr (algorithms.md "FZOO").
+/// paper's η/ε; it is a step length, typically 10-100× MeZO's lr (docs/algorithms.md "FZOO").
 struct FZOOOptions : public torch::optim::OptimizerCloneableOptions<FZOOOptions> {
   FZOOOptions(double lr = 1e-5) : lr_(lr) {}  // NOLINT: implicit from lr, as LibTorch's options
   TORCH_ARG(double, lr) = 1e-5;

@@ -1,5 +1,5 @@
 // MeZO (Malladi et al., 2023): two-point SPSA with the seed trick, three sweeps per step.
-// Reads top to bottom like algorithms.md "MeZO"; the shared machinery is in zo_optimizer.h.
+// Reads top to bottom like docs/algorithms.md "MeZO"; the shared machinery is in zo_optimizer.h.
 #pragma once
 
 #include <zotorch/zo_optimizer.h>

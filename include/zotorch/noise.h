@@ -11,7 +11,7 @@
 
 namespace zotorch {
 
-/// The key of draw `step` of the stream seeded with `seed` (algorithms.md "Noise").
+/// The key of draw `step` of the stream seeded with `seed` (docs/algorithms.md "Noise").
 /// A pure function, so a resumed run regenerates the same directions.
 inline uint64_t step_key(uint64_t seed, uint64_t step) {
   return detail::splitmix64(seed ^ detail::splitmix64(step ^ 0x5A0707C4D1ull));

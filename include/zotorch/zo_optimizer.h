@@ -1,4 +1,4 @@
-// The step engine all zeroth-order optimizers share (design.md "zo_optimizer.h"): closure calls and
+// The step engine all zeroth-order optimizers share (docs/design.md "zo_optimizer.h"): closure calls and
 // forward-pass counting, the parameter table, the exception-safe perturbation scope, the step
 // report, the non-finite policy and exception-safe save/load. Each method supplies only its pseudo-code.
 #pragma once

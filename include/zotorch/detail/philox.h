@@ -1,6 +1,6 @@
 // Stateless Philox4x32-10 and the element-level noise transforms built on it.
 // Everything here is __host__ __device__ and free of ATen, so the CPU sweep and the CUDA
-// kernels call the very same functions and cannot drift apart (design.md: "The one fused operation").
+// kernels call the very same functions and cannot drift apart (docs/design.md "The one fused operation").
 #pragma once
 
 #include <cstdint>
@@ -64,7 +64,7 @@ ZOTORCH_PHILOX_UNROLL
   return ctr;
 }
 
-/// The noise stream's coordinates (algorithms.md "Noise"): counter = {block_lo, block_hi, tensor_id, probe}.
+/// The noise stream's coordinates (docs/algorithms.md "Noise"): counter = {block_lo, block_hi, tensor_id, probe}.
 ZOTORCH_HD_INLINE Words4 noise_block(uint64_t key, uint32_t tensor_id, uint32_t probe, uint64_t block) {
   return philox4x32_10(Words4{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), tensor_id, probe}},
                        static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));

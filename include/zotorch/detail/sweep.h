@@ -1,4 +1,4 @@
-// The one fused operation every optimizer step is made of (design.md "The one fused operation"):
+// The one fused operation every optimizer step is made of (docs/design.md "The one fused operation"):
 //   θ[j] ← round( keep_g·θ[j] + Σ_k (keep_g·alpha_k + lr_g·beta_k)·z_k[j]  [ − lr_g·scale·m[j]/(√v[j] + stab) ] )
 // i.e. keep·(θ + Σ alpha·z) + Σ lr·beta·z: the decoupled decay applies to θ with its perturbation
 // offsets (the alpha terms) removed, as the algorithms decay the unperturbed parameters;
