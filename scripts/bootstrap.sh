@@ -44,6 +44,11 @@ zotorch_apt_missing() {
   [ -f /usr/include/catch2/catch.hpp ] || missing+=(catch2)
   # gloo headers for ProcessGroupGloo.hpp (multi-process tests, distributed example); docs/distributed.md
   [ -f /usr/include/gloo/algorithm.h ] || missing+=(libgloo-dev)
+  # the examples' JSON (config.json, tokenizer.json, summary.json) and command lines; docs/examples.md
+  [ -f /usr/include/nlohmann/json.hpp ] || missing+=(nlohmann-json3-dev)
+  [ -f /usr/include/CLI/CLI.hpp ] || missing+=(libcli11-dev)
+  # the comparison plot of examples/finetune_classifier/report.py, run by Debian's own python3
+  /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1 || missing+=(python3-matplotlib)
   # clang with libFuzzer and the sanitizer runtimes: the checkpoint fuzzer (docs/reliability.md)
   command -v clang++ >/dev/null || missing+=(clang)
   compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a' >/dev/null || missing+=(libclang-rt-dev)

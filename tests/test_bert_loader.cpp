@@ -38,16 +38,16 @@ std::string minilm_dir() {
 
 at::Tensor floats(const Json& j, at::IntArrayRef shape) {
   std::vector<float> v;
-  for (const auto& x : j.as_array()) v.push_back(static_cast<float>(x.as_number()));
+  for (const auto& x : j) v.push_back(static_cast<float>(x.get<double>()));
   return at::tensor(v).reshape(shape);
 }
 
 at::Tensor longs(const Json& j) {
   std::vector<int64_t> v;
   int64_t rows = 0;
-  for (const auto& row : j.as_array()) {
+  for (const auto& row : j) {
     ++rows;
-    for (const auto& x : row.as_array()) v.push_back(x.as_int());
+    for (const auto& x : row) v.push_back(x.get<int64_t>());
   }
   return at::tensor(v).reshape({rows, -1});
 }
@@ -69,13 +69,13 @@ TEST_CASE("load_bert reproduces transformers' BertModel on the tiny fixture (saf
 
   const WordPieceTokenizer tok = WordPieceTokenizer::from_directory(dir.string());
   std::vector<std::string> texts;
-  for (const auto& t : expected.at("texts").as_array()) texts.push_back(t.as_string());
+  for (const auto& t : expected.at("texts")) texts.push_back(t.get<std::string>());
   const TokenBatch batch = tok.encode_batch(texts, 0);
   REQUIRE(batch.input_ids.equal(longs(expected.at("input_ids"))));
   REQUIRE(batch.attention_mask.equal(longs(expected.at("attention_mask"))));
 
   torch::NoGradGuard no_grad;
-  const int64_t B = batch.input_ids.size(0), L = batch.input_ids.size(1), H = expected.at("hidden_size").as_int();
+  const int64_t B = batch.input_ids.size(0), L = batch.input_ids.size(1), H = expected.at("hidden_size").get<int64_t>();
   const at::Tensor hidden = bert.model->forward(batch.input_ids, batch.attention_mask);
   const at::Tensor mask = batch.attention_mask.unsqueeze(-1).to(at::kFloat);
   // Padded positions are not compared: transformers and SDPA fill them differently, nothing reads them.
@@ -117,7 +117,7 @@ TEST_CASE("save_safetensors round-trips every dtype the loader reads, atomically
   CHECK_FALSE(fs::exists(path.string() + ".tmp"));
   Json meta;
   const NamedTensors back = load_safetensors(path.string(), &meta);
-  CHECK(meta.at("format").as_string() == "pt");
+  CHECK(meta.at("format").get<std::string>() == "pt");
   REQUIRE(back.size() == tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
     INFO(tensors[i].first);
@@ -199,12 +199,12 @@ TEST_CASE("all-MiniLM-L6-v2 loads and matches transformers' pooled outputs", "[b
 
   const WordPieceTokenizer tok = WordPieceTokenizer::from_directory(dir);
   std::vector<std::string> texts;
-  for (const auto& t : expected.at("texts").as_array()) texts.push_back(t.as_string());
-  const TokenBatch batch = tok.encode_batch(texts, expected.at("max_length").as_int());
+  for (const auto& t : expected.at("texts")) texts.push_back(t.get<std::string>());
+  const TokenBatch batch = tok.encode_batch(texts, expected.at("max_length").get<int64_t>());
   REQUIRE(batch.input_ids.equal(longs(expected.at("input_ids"))));
 
   torch::NoGradGuard no_grad;
-  const int64_t B = batch.input_ids.size(0), H = expected.at("hidden_size").as_int();
+  const int64_t B = batch.input_ids.size(0), H = expected.at("hidden_size").get<int64_t>();
   const at::Tensor hidden = bert.model->forward(batch.input_ids, batch.attention_mask);
   const double pooled_err = max_abs_diff(mean_pool(hidden, batch.attention_mask), floats(expected.at("mean_pooled"), {B, H}));
   const double cls_err = max_abs_diff(hidden.select(1, 0), floats(expected.at("cls"), {B, H}));

@@ -31,7 +31,7 @@ Fixture load_fixture() {
   Json metadata;
   NamedTensors all = load_safetensors(fixture_path().string(), &metadata);
   Fixture f;
-  auto field = [&](const char* name) { return std::stoll(metadata.at(name).as_string()); };
+  auto field = [&](const char* name) { return std::stoll(metadata.at(name).get<std::string>()); };
   f.config.vocab_size = field("vocab_size");
   f.config.max_positions = field("max_positions");
   f.config.d_model = field("d_model");

@@ -3,7 +3,7 @@
 // sentence classifier (optional LoRA on attention query/value) the fine-tuning examples train.
 #pragma once
 
-#include "json.h"
+#include "files.h"
 #include "safetensors.h"
 
 #include <torch/nn/functional/activation.h>
@@ -40,22 +40,22 @@ struct BertConfig {
   int64_t pad_token_id = 0;
 
   static BertConfig from_json(const Json& j, const std::string& where = "config.json") {
-    const std::string type = j.value<std::string>("model_type", "bert");
+    const std::string type = json_value<std::string>(j, "model_type", "bert");
     TORCH_CHECK(type == "bert" || type == "roberta" || type == "xlm-roberta" || type == "electra", where,
                 ": model_type '", type, "' is not a BERT-family encoder; this loader reads model_type bert");
-    const std::string pos = j.value<std::string>("position_embedding_type", "absolute");
+    const std::string pos = json_value<std::string>(j, "position_embedding_type", "absolute");
     TORCH_CHECK(pos == "absolute", where, ": position_embedding_type '", pos, "' is not supported (only absolute)");
     BertConfig c;
-    c.vocab_size = j.value<int64_t>("vocab_size", c.vocab_size);
-    c.hidden_size = j.value<int64_t>("hidden_size", c.hidden_size);
-    c.num_hidden_layers = j.value<int64_t>("num_hidden_layers", c.num_hidden_layers);
-    c.num_attention_heads = j.value<int64_t>("num_attention_heads", c.num_attention_heads);
-    c.intermediate_size = j.value<int64_t>("intermediate_size", c.intermediate_size);
-    c.max_position_embeddings = j.value<int64_t>("max_position_embeddings", c.max_position_embeddings);
-    c.type_vocab_size = j.value<int64_t>("type_vocab_size", c.type_vocab_size);
-    c.layer_norm_eps = j.value<double>("layer_norm_eps", c.layer_norm_eps);
-    c.hidden_act = j.value<std::string>("hidden_act", c.hidden_act);
-    c.pad_token_id = j.value<int64_t>("pad_token_id", c.pad_token_id);
+    c.vocab_size = json_value<int64_t>(j, "vocab_size", c.vocab_size);
+    c.hidden_size = json_value<int64_t>(j, "hidden_size", c.hidden_size);
+    c.num_hidden_layers = json_value<int64_t>(j, "num_hidden_layers", c.num_hidden_layers);
+    c.num_attention_heads = json_value<int64_t>(j, "num_attention_heads", c.num_attention_heads);
+    c.intermediate_size = json_value<int64_t>(j, "intermediate_size", c.intermediate_size);
+    c.max_position_embeddings = json_value<int64_t>(j, "max_position_embeddings", c.max_position_embeddings);
+    c.type_vocab_size = json_value<int64_t>(j, "type_vocab_size", c.type_vocab_size);
+    c.layer_norm_eps = json_value<double>(j, "layer_norm_eps", c.layer_norm_eps);
+    c.hidden_act = json_value<std::string>(j, "hidden_act", c.hidden_act);
+    c.pad_token_id = json_value<int64_t>(j, "pad_token_id", c.pad_token_id);
     TORCH_CHECK(c.hidden_size > 0 && c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0, where,
                 ": hidden_size ", c.hidden_size, " must be a positive multiple of num_attention_heads ", c.num_attention_heads);
     TORCH_CHECK(c.hidden_act == "gelu" || c.hidden_act == "gelu_new" || c.hidden_act == "gelu_pytorch_tanh" ||

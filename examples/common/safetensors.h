@@ -4,7 +4,9 @@
 // torch::jit::pickle_load, which torch::pickle_load forwards to).
 #pragma once
 
-#include "json.h"
+#include "files.h"
+
+#include <zotorch/checkpoint.h>
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -123,7 +125,7 @@ inline NamedTensors load_safetensors(const std::string& path, Json* metadata = n
   Json header;
   try {
     header = Json::parse(std::string(reinterpret_cast<const char*>(bytes + 8), header_len));
-  } catch (const std::exception& e) {
+  } catch (const Json::exception& e) {
     TORCH_CHECK(false, "load_safetensors: ", path, ": malformed JSON header: ", e.what());
   }
   TORCH_CHECK(header.is_object(), "load_safetensors: ", path, ": the header is not a JSON object");
@@ -137,23 +139,34 @@ inline NamedTensors load_safetensors(const std::string& path, Json* metadata = n
     uint64_t begin, end;
   };
   std::vector<Entry> entries;
-  for (const auto& [name, info] : header.as_object()) {
+  for (const auto& [name, info] : header.items()) {
     if (name == "__metadata__") {
       if (metadata) *metadata = info;
       continue;
     }
-    Entry e{name, detail::safetensors_dtype(info.at("dtype").as_string(), path, name), {}, 0, 0};
+    // Types are checked here so that a hostile header gets an error naming the tensor, not a bare
+    // nlohmann type_error.
+    const auto dtype = info.is_object() ? info.find("dtype") : info.end();
+    const auto shape = info.is_object() ? info.find("shape") : info.end();
+    const auto offsets = info.is_object() ? info.find("data_offsets") : info.end();
+    TORCH_CHECK(dtype != info.end() && dtype->is_string() && shape != info.end() && shape->is_array() &&
+                    offsets != info.end() && offsets->is_array() && offsets->size() == 2 &&
+                    (*offsets)[0].is_number_unsigned() && (*offsets)[1].is_number_unsigned(),
+                "load_safetensors: ", path, ": tensor '", name,
+                "' needs a string dtype, an array shape and two non-negative integer data_offsets; got ", info.dump());
+    Entry e{name, detail::safetensors_dtype(dtype->get<std::string>(), path, name), {}, 0, 0};
     uint64_t numel = 1;
-    for (const auto& d : info.at("shape").as_array()) {
-      const int64_t dim = d.as_int();
-      TORCH_CHECK(dim >= 0, "load_safetensors: ", path, ": tensor '", name, "' has a negative dimension ", dim);
-      e.shape.push_back(dim);
-      numel *= static_cast<uint64_t>(dim);
+    for (const auto& d : *shape) {
+      TORCH_CHECK(d.is_number_unsigned(), "load_safetensors: ", path, ": tensor '", name, "' has the dimension ", d.dump(),
+                  "; dimensions are non-negative integers");
+      const uint64_t dim = d.get<uint64_t>();
+      TORCH_CHECK(dim <= (uint64_t{1} << 48) && (dim == 0 || numel <= (uint64_t{1} << 48) / dim), "load_safetensors: ", path,
+                  ": tensor '", name, "' has an impossibly large shape ", shape->dump());
+      e.shape.push_back(static_cast<int64_t>(dim));
+      numel *= dim;
     }
-    const auto& offsets = info.at("data_offsets").as_array();
-    TORCH_CHECK(offsets.size() == 2, "load_safetensors: ", path, ": tensor '", name, "' needs two data_offsets");
-    e.begin = static_cast<uint64_t>(offsets[0].as_int());
-    e.end = static_cast<uint64_t>(offsets[1].as_int());
+    e.begin = (*offsets)[0].get<uint64_t>();
+    e.end = (*offsets)[1].get<uint64_t>();
     TORCH_CHECK(e.begin <= e.end && e.end <= data_len, "load_safetensors: ", path, ": tensor '", name,
                 "' has data_offsets [", e.begin, ", ", e.end, ") outside the ", data_len, "-byte data section");
     const uint64_t expected = numel * c10::elementSize(e.dtype);
@@ -175,46 +188,40 @@ inline NamedTensors load_safetensors(const std::string& path, Json* metadata = n
   return out;
 }
 
-/// Writes tensors as a .safetensors file (atomically: a temporary file renamed over `path`), so a
-/// fine-tuned model can be used by any safetensors reader. Tensors are made contiguous on the CPU.
+/// Writes tensors as a .safetensors file, so a fine-tuned model can be used by any safetensors reader
+/// (Python's `safetensors` package reads it, examples/common/safetensors_check.py checks that):
+/// an 8-byte little-endian header length, the JSON header {name: {dtype, shape, data_offsets}} plus
+/// an optional "__metadata__" of strings, padded with spaces to a multiple of 8 bytes so that the
+/// data section is aligned, then every tensor's bytes in the given order. Tensors are made
+/// contiguous on the CPU; the file is written atomically (zotorch::write_file_atomically).
 inline void save_safetensors(const std::string& path, const NamedTensors& tensors,
                              const std::map<std::string, std::string>& metadata = {}) {
-  Json header = Json::Object{};
-  if (!metadata.empty()) {
-    Json meta = Json::Object{};
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header["__metadata__"] = meta;
-  }
+  Json header = Json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;  // the format allows string values only
   std::vector<at::Tensor> contiguous;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
-    TORCH_CHECK(!header.contains(name), "save_safetensors: duplicate tensor name '", name, "'");
+    TORCH_CHECK(name != "__metadata__" && !header.contains(name), "save_safetensors: duplicate or reserved tensor name '",
+                name, "'");
     at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
-    Json info = Json::Object{};
-    info["dtype"] = detail::safetensors_dtype_name(t.scalar_type());
-    Json::Array shape;
-    for (int64_t d : t.sizes()) shape.emplace_back(d);
-    info["shape"] = shape;
     const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-    info["data_offsets"] = Json::Array{Json(static_cast<int64_t>(offset)), Json(static_cast<int64_t>(offset + nbytes))};
-    header[name] = info;
+    header[name] = {{"dtype", detail::safetensors_dtype_name(t.scalar_type())},
+                    {"shape", t.sizes().vec()},
+                    {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
     contiguous.push_back(std::move(t));
   }
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the format pads the header to 8 bytes with spaces
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  TORCH_CHECK(f, "save_safetensors: cannot write ", tmp, ": ", std::strerror(errno));
-  const uint64_t len = text.size();
-  bool ok = std::fwrite(&len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  for (const auto& t : contiguous) {
-    const size_t nbytes = static_cast<size_t>(t.numel()) * t.element_size();
-    ok = ok && (nbytes == 0 || std::fwrite(t.data_ptr(), 1, nbytes, f) == nbytes);
-  }
-  ok = (std::fclose(f) == 0) && ok;
-  TORCH_CHECK(ok, "save_safetensors: writing ", tmp, " failed (disk full?)");
-  TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "save_safetensors: cannot rename ", tmp, " to ", path);
+  // zotorch's atomic write (temp file, fsync, rename): a crash leaves the old file or the new one.
+  zotorch::write_file_atomically(path, [&](const zotorch::WriteBytes& write) {
+    const uint64_t len = text.size();  // little-endian on every host load_safetensors accepts
+    if (!write(&len, 8) || !write(text.data(), text.size())) return;
+    for (const auto& t : contiguous) {
+      const size_t nbytes = static_cast<size_t>(t.numel()) * t.element_size();
+      if (nbytes > 0 && !write(t.data_ptr(), nbytes)) return;
+    }
+  });
 }
 
 /// Loads a pytorch_model.bin (torch.save of a state_dict) with torch::jit::pickle_load. Only tensors are

@@ -3,7 +3,7 @@
 // tokenizer.json, so the fine-tuning examples read raw text like the Python stack would.
 #pragma once
 
-#include "json.h"
+#include "files.h"
 #include "unicode_tables.h"
 
 #include <ATen/ATen.h>
@@ -190,50 +190,55 @@ class WordPieceTokenizer {
     const fs::path tc = fs::path(dir) / "tokenizer_config.json";
     const fs::path vt = fs::path(dir) / "vocab.txt";
     Json tokenizer_json;
-    if (fs::exists(tj)) {
-      tokenizer_json = read_json_file(tj.string());
-      const Json& model = tokenizer_json.at("model");
-      TORCH_CHECK(model.value<std::string>("type", "") == "WordPiece", "WordPieceTokenizer: ", tj.string(),
-                  " describes a ", model.value<std::string>("type", "?"), " model, not WordPiece; this loader reads BERT-family tokenizers");
-      options.unk_token = model.value<std::string>("unk_token", options.unk_token);
-      options.continuing_subword_prefix = model.value<std::string>("continuing_subword_prefix", "##");
-      options.max_input_chars_per_word = model.value<size_t>("max_input_chars_per_word", 100);
-      if (tokenizer_json.contains("normalizer") && tokenizer_json.at("normalizer").is_object()) {
-        const Json& n = tokenizer_json.at("normalizer");
-        TORCH_CHECK(n.value<std::string>("type", "") == "BertNormalizer", "WordPieceTokenizer: ", tj.string(),
-                    " uses the normalizer ", n.value<std::string>("type", "?"), "; only BertNormalizer is implemented");
-        options.clean_text = n.value<bool>("clean_text", true);
-        options.handle_chinese_chars = n.value<bool>("handle_chinese_chars", true);
-        options.lowercase = n.value<bool>("lowercase", true);
-        if (n.contains("strip_accents") && !n.at("strip_accents").is_null()) options.strip_accents = n.at("strip_accents").as_bool();
-      }
-      if (tokenizer_json.contains("added_tokens")) {
-        for (const auto& t : tokenizer_json.at("added_tokens").as_array()) specials.push_back(t.at("content").as_string());
-      }
-      if (!fs::exists(vt)) {
-        const auto& v = model.at("vocab").as_object();
-        vocab.resize(v.size());
-        for (const auto& [token, id] : v) {
-          const int64_t i = id.as_int();
-          TORCH_CHECK(i >= 0 && static_cast<size_t>(i) < vocab.size(), "WordPieceTokenizer: ", tj.string(),
-                      " has a vocab id ", i, " out of range");
-          vocab[static_cast<size_t>(i)] = token;
+    // A missing key or a wrong type in the files surfaces as nlohmann's exception: name the directory.
+    try {
+      if (fs::exists(tj)) {
+        tokenizer_json = read_json_file(tj.string());
+        const Json& model = tokenizer_json.at("model");
+        TORCH_CHECK(json_value<std::string>(model, "type", "") == "WordPiece", "WordPieceTokenizer: ", tj.string(),
+                    " describes a ", json_value<std::string>(model, "type", "?"), " model, not WordPiece; this loader reads BERT-family tokenizers");
+        options.unk_token = json_value<std::string>(model, "unk_token", options.unk_token);
+        options.continuing_subword_prefix = json_value<std::string>(model, "continuing_subword_prefix", "##");
+        options.max_input_chars_per_word = json_value<size_t>(model, "max_input_chars_per_word", 100);
+        if (tokenizer_json.contains("normalizer") && tokenizer_json.at("normalizer").is_object()) {
+          const Json& n = tokenizer_json.at("normalizer");
+          TORCH_CHECK(json_value<std::string>(n, "type", "") == "BertNormalizer", "WordPieceTokenizer: ", tj.string(),
+                      " uses the normalizer ", json_value<std::string>(n, "type", "?"), "; only BertNormalizer is implemented");
+          options.clean_text = json_value<bool>(n, "clean_text", true);
+          options.handle_chinese_chars = json_value<bool>(n, "handle_chinese_chars", true);
+          options.lowercase = json_value<bool>(n, "lowercase", true);
+          if (n.contains("strip_accents") && !n.at("strip_accents").is_null()) options.strip_accents = n.at("strip_accents").get<bool>();
+        }
+        if (tokenizer_json.contains("added_tokens")) {
+          for (const auto& t : tokenizer_json.at("added_tokens")) specials.push_back(t.at("content").get<std::string>());
+        }
+        if (!fs::exists(vt)) {
+          const Json& v = model.at("vocab");
+          vocab.resize(v.size());
+          for (const auto& [token, id] : v.items()) {
+            const int64_t i = id.get<int64_t>();
+            TORCH_CHECK(i >= 0 && static_cast<size_t>(i) < vocab.size(), "WordPieceTokenizer: ", tj.string(),
+                        " has a vocab id ", i, " out of range");
+            vocab[static_cast<size_t>(i)] = token;
+          }
+        }
+      } else if (fs::exists(tc)) {
+        const Json c = read_json_file(tc.string());
+        options.lowercase = json_value<bool>(c, "do_lower_case", true);
+        options.handle_chinese_chars = json_value<bool>(c, "tokenize_chinese_chars", true);
+        if (c.contains("strip_accents") && !c.at("strip_accents").is_null()) options.strip_accents = c.at("strip_accents").get<bool>();
+        for (const char* key : {"unk_token", "cls_token", "sep_token", "pad_token"}) {
+          if (c.contains(key) && c.at(key).is_string()) {
+            std::string& slot = std::string(key) == "unk_token"   ? options.unk_token
+                                : std::string(key) == "cls_token" ? options.cls_token
+                                : std::string(key) == "sep_token" ? options.sep_token
+                                                                  : options.pad_token;
+            slot = c.at(key).get<std::string>();
+          }
         }
       }
-    } else if (fs::exists(tc)) {
-      const Json c = read_json_file(tc.string());
-      options.lowercase = c.value<bool>("do_lower_case", true);
-      options.handle_chinese_chars = c.value<bool>("tokenize_chinese_chars", true);
-      if (c.contains("strip_accents") && !c.at("strip_accents").is_null()) options.strip_accents = c.at("strip_accents").as_bool();
-      for (const char* key : {"unk_token", "cls_token", "sep_token", "pad_token"}) {
-        if (c.contains(key) && c.at(key).is_string()) {
-          std::string& slot = std::string(key) == "unk_token"   ? options.unk_token
-                              : std::string(key) == "cls_token" ? options.cls_token
-                              : std::string(key) == "sep_token" ? options.sep_token
-                                                                : options.pad_token;
-          slot = c.at(key).as_string();
-        }
-      }
+    } catch (const Json::exception& e) {
+      TORCH_CHECK(false, "WordPieceTokenizer: ", dir, ": tokenizer.json or tokenizer_config.json is not as expected: ", e.what());
     }
     if (vocab.empty()) {
       TORCH_CHECK(fs::exists(vt), "WordPieceTokenizer: ", dir, " has neither vocab.txt nor tokenizer.json; point --model at a "

@@ -2,6 +2,9 @@
 // zotorch::DataParallel over c10d (Gloo on CPU, NCCL on GPU). Each rank evaluates its shard of every
 // global batch; only the step's losses cross the network. README "Multi-process and multi-node".
 #include "../common/bert.h"
+#include "../common/cli.h"
+#include "../common/learning_rates.h"
+#include "../common/safetensors.h"
 #include "../common/tsv.h"
 #include "../common/wordpiece.h"
 
@@ -42,33 +45,6 @@ using namespace zotorch::examples;
 
 namespace {
 
-const char* kUsage = R"(usage: distributed_finetune --model DIR --train TSV --dev TSV [options]
-
-One rank of a data-parallel fine-tune. Start one process per rank with the usual variables set:
-RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU index); launch.sh next to
-this program, torchrun --no-python, or your own launcher set them. Without them it runs alone.
-
-  --optimizer fzoo|mezo|adamezo   (default fzoo)
-  --steps N                       optimizer steps (default 200)
-  --batch N                       global batch: examples per step over all ranks, a multiple of
-                                  WORLD_SIZE so that every shard has the same size (default 32)
-  --lr X --eps X                  (defaults: fzoo 1e-4/1e-3, mezo 1e-6/1e-3, adamezo 1e-7/1e-3)
-  --num-perturbations N           FZOO's N (default 8)
-  --seed N                        batches, head initialisation and directions (default 0)
-  --max-length N                  tokens per example (default 64)
-  --device cpu|cuda               cuda: GPU LOCAL_RANK and NCCL (default cpu, with Gloo)
-  --threads N                     intra-op threads per rank (default: LibTorch's choice)
-  --out DIR                       checkpoint directory (default out/distributed)
-  --checkpoint-every N            rank 0 writes DIR/checkpoint every N steps (default 100; 0 = never)
-  --resume                        continue from DIR/checkpoint (read by rank 0, broadcast to all)
-  --check-every N                 compare replica checksums every N steps (default 50; 0 = start only)
-  --eval-every N                  dev accuracy (sharded over the ranks) every N steps (default 100)
-  --timeout S                     seconds a collective may wait for a peer (default 60)
-  --measure-latency N             time N all-reduces of one step's losses before training (default 0)
-  --json                          end with one JSON line of measurements (rank 0)
-  --quiet                         only the summary
-)";
-
 struct Args {
   std::string model, train, dev, optimizer = "fzoo", device = "cpu", out = "out/distributed";
   int64_t steps = 200, batch = 32, num_perturbations = 8, seed = 0, max_length = 64, threads = 0;
@@ -77,66 +53,53 @@ struct Args {
   bool resume = false, json = false, quiet = false;
 };
 
-[[noreturn]] void usage_error(const std::string& message) {
-  std::cerr << "distributed_finetune: " << message << "\n(run with --help for the options)\n";
-  std::exit(2);
-}
-
 Args parse_args(int argc, char** argv) {
   Args a;
-  std::map<std::string, std::function<void(const std::string&)>> options = {
-      {"--model", [&](const std::string& v) { a.model = v; }},
-      {"--train", [&](const std::string& v) { a.train = v; }},
-      {"--dev", [&](const std::string& v) { a.dev = v; }},
-      {"--optimizer", [&](const std::string& v) { a.optimizer = v; }},
-      {"--device", [&](const std::string& v) { a.device = v; }},
-      {"--out", [&](const std::string& v) { a.out = v; }},
-      {"--steps", [&](const std::string& v) { a.steps = std::stoll(v); }},
-      {"--batch", [&](const std::string& v) { a.batch = std::stoll(v); }},
-      {"--num-perturbations", [&](const std::string& v) { a.num_perturbations = std::stoll(v); }},
-      {"--seed", [&](const std::string& v) { a.seed = std::stoll(v); }},
-      {"--max-length", [&](const std::string& v) { a.max_length = std::stoll(v); }},
-      {"--threads", [&](const std::string& v) { a.threads = std::stoll(v); }},
-      {"--checkpoint-every", [&](const std::string& v) { a.checkpoint_every = std::stoll(v); }},
-      {"--check-every", [&](const std::string& v) { a.check_every = std::stoll(v); }},
-      {"--eval-every", [&](const std::string& v) { a.eval_every = std::stoll(v); }},
-      {"--measure-latency", [&](const std::string& v) { a.measure_latency = std::stoll(v); }},
-      {"--lr", [&](const std::string& v) { a.lr = std::stod(v); }},
-      {"--eps", [&](const std::string& v) { a.eps = std::stod(v); }},
-      {"--timeout", [&](const std::string& v) { a.timeout = std::stod(v); }},
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (arg == "--resume" || arg == "--json" || arg == "--quiet") {
-      (arg == "--resume" ? a.resume : arg == "--json" ? a.json : a.quiet) = true;
-      continue;
-    }
-    auto it = options.find(arg);
-    if (it == options.end()) usage_error("unknown option '" + arg + "'");
-    if (i + 1 >= argc) usage_error(arg + " needs a value");
-    try {
-      it->second(argv[++i]);
-    } catch (const std::exception&) {
-      usage_error(arg + " got '" + argv[i] + "', which is not a number");
-    }
-  }
-  if (a.model.empty() || a.train.empty() || a.dev.empty()) usage_error("--model, --train and --dev are required");
-  if (a.optimizer != "fzoo" && a.optimizer != "mezo" && a.optimizer != "adamezo") {
-    usage_error("--optimizer must be fzoo, mezo or adamezo, got '" + a.optimizer + "'");
-  }
-  if (a.device != "cpu" && a.device != "cuda") usage_error("--device must be cpu or cuda, got '" + a.device + "'");
-  if (a.steps < 0 || a.batch < 1 || a.max_length < 3 || a.timeout <= 0) {
-    usage_error("--steps must be >= 0, --batch >= 1, --max-length >= 3 and --timeout > 0");
-  }
-  const std::map<std::string, std::pair<double, double>> defaults = {
-      {"fzoo", {1e-4, 1e-3}}, {"mezo", {1e-6, 1e-3}}, {"adamezo", {1e-7, 1e-3}}};
-  if (a.lr < 0) a.lr = defaults.at(a.optimizer).first;
-  if (a.eps < 0) a.eps = defaults.at(a.optimizer).second;
+  CLI::App app("One rank of a data-parallel fine-tune of a BERT-family sentence classifier (every weight\n"
+               "trains). Start one process per rank with the usual variables set: RANK, WORLD_SIZE,\n"
+               "MASTER_ADDR, MASTER_PORT (and LOCAL_RANK for the GPU index); launch.sh next to this program,\n"
+               "torchrun --no-python, or your own launcher set them. Without them it runs alone. Rank 0\n"
+               "writes DIR/checkpoint.ckpt and, at the end, DIR/trained.safetensors.",
+               "distributed_finetune");
+  configure_cli(app);
+  app.add_option("--model", a.model, "model directory (Hugging Face BERT family)")->option_text("DIR");
+  app.add_option("--train", a.train, "training examples, text<TAB>label")->option_text("TSV");
+  app.add_option("--dev", a.dev, "dev examples")->option_text("TSV");
+  app.add_option("--optimizer", a.optimizer, "method")->check(CLI::IsMember({"fzoo", "mezo", "adamezo"}));
+  app.add_option("--steps", a.steps, "optimizer steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--batch", a.batch, "global batch: examples per step over all ranks, a multiple of WORLD_SIZE so that "
+                 "every shard has the same size")->check(CLI::PositiveNumber);
+  app.add_option("--lr", a.lr, "learning rate (default: finetune_classifier's for --mode full, "
+                 "examples/common/learning_rates.h)")->check(CLI::PositiveNumber)->default_str("");
+  app.add_option("--eps", a.eps, "perturbation scale (default: as --lr)")->check(CLI::PositiveNumber)->default_str("");
+  app.add_option("--num-perturbations", a.num_perturbations, "FZOO's N")->check(CLI::PositiveNumber);
+  app.add_option("--seed", a.seed, "batches, head initialisation and directions");
+  app.add_option("--max-length", a.max_length, "tokens per example")->check(CLI::Range(3, 1 << 20));
+  app.add_option("--device", a.device, "cuda: GPU LOCAL_RANK and NCCL; cpu: Gloo")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--threads", a.threads, "intra-op threads per rank")->default_str("LibTorch's choice");
+  app.add_option("--out", a.out, "output directory")->option_text("DIR");
+  app.add_option("--checkpoint-every", a.checkpoint_every, "rank 0 writes DIR/checkpoint.ckpt every N steps (0 = never)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--resume", a.resume, "continue from DIR/checkpoint.ckpt (read by rank 0, broadcast to all)");
+  app.add_option("--check-every", a.check_every, "compare replica checksums every N steps (0 = start only)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--eval-every", a.eval_every, "dev accuracy (sharded over the ranks) every N steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--timeout", a.timeout, "seconds a collective may wait for a peer")->check(CLI::PositiveNumber);
+  app.add_option("--measure-latency", a.measure_latency, "time N all-reduces of one step's losses before training")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--json", a.json, "end with one JSON line of measurements (rank 0)");
+  app.add_flag("--quiet", a.quiet, "only the summary");
+  parse_or_exit(app, argc, argv);
+  if (a.model.empty() || a.train.empty() || a.dev.empty()) usage_error(app, "--model, --train and --dev are required");
+  const DefaultRates d = default_rates(a.optimizer, "full");
+  if (a.lr < 0) a.lr = d.lr;
+  if (a.eps < 0) a.eps = d.eps;
   return a;
+}
+
+[[noreturn]] void environment_error(const std::string& message) {
+  std::cerr << "distributed_finetune: " << message << "\n";
+  std::exit(2);
 }
 
 /// The launcher's variables (torchrun's names). Missing ones mean a single process.
@@ -155,7 +118,7 @@ struct Launch {
       try {
         return std::stoi(v);
       } catch (const std::exception&) {
-        usage_error(std::string("environment variable ") + name + "='" + v + "' is not a number");
+        environment_error(std::string("environment variable ") + name + "='" + v + "' is not a number");
       }
     };
     Launch l;
@@ -167,7 +130,7 @@ struct Launch {
     if (const char* agent = get("TORCHELASTIC_USE_AGENT_STORE")) l.agent_store = std::string(agent) == "True";
     if (const char* restart = get("TORCHELASTIC_RESTART_COUNT")) l.attempt = restart;
     if (l.world_size < 1 || l.rank < 0 || l.rank >= l.world_size) {
-      usage_error("RANK must be in [0, WORLD_SIZE), got RANK=" + std::to_string(l.rank) + " WORLD_SIZE=" +
+      environment_error("RANK must be in [0, WORLD_SIZE), got RANK=" + std::to_string(l.rank) + " WORLD_SIZE=" +
                   std::to_string(l.world_size));
     }
     return l;
@@ -288,27 +251,17 @@ at::Tensor all_sum(const c10::intrusive_ptr<c10d::Backend>& group, at::Tensor t)
   return v.front();
 }
 
-/// Writes the checkpoint whole into a fresh directory, then swaps it in: a crash at any moment
-/// leaves one complete checkpoint.
-void save_checkpoint(const fs::path& out, const std::vector<at::Tensor>& params, const torch::optim::Optimizer& opt) {
-  const fs::path dir = out / "checkpoint", tmp = out / "checkpoint.tmp", old = out / "checkpoint.old";
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  std::vector<at::Tensor> cpu;
-  for (const auto& p : params) cpu.push_back(p.detach().cpu());
-  torch::save(cpu, (tmp / "params.pt").string());
-  torch::save(opt, (tmp / "optimizer.pt").string());
-  fs::remove_all(old);
-  if (fs::exists(dir)) fs::rename(dir, old);
-  fs::rename(tmp, dir);
-  fs::remove_all(old);
+/// Rank 0's checkpoint: the model and the optimizer in one zotorch checkpoint file (written
+/// atomically, verified by length and CRC-32 on load; docs/reliability.md).
+void save_checkpoint(const fs::path& out, BertClassifier& net, const torch::optim::Optimizer& opt) {
+  zotorch::save_checkpoint(*net, opt, (out / "checkpoint.ckpt").string());
 }
 
 /// Rank 0 reads the checkpoint; its parameters reach the others through DataParallel's start-up
 /// broadcast and its optimizer state through this one, so no other node needs the file.
 template <class Opt>
-int64_t resume(const fs::path& out, const Launch& l, const c10::intrusive_ptr<c10d::Backend>& group,
-               std::vector<at::Tensor>& params, Opt& opt, const at::Device& device) {
+int64_t resume(const fs::path& out, const Launch& l, const c10::intrusive_ptr<c10d::Backend>& group, BertClassifier& net,
+               Opt& opt, const at::Device& device) {
   // Collectives run on the group's device (NCCL: CUDA tensors only).
   auto broadcast = [&](at::Tensor t) {
     if (!group) return t;
@@ -316,18 +269,15 @@ int64_t resume(const fs::path& out, const Launch& l, const c10::intrusive_ptr<c1
     group->broadcast(v)->wait();
     return v.front().cpu();
   };
-  const fs::path dir = out / "checkpoint";
+  const fs::path path = out / "checkpoint.ckpt";
   at::Tensor found = at::zeros({1}, at::kLong);
   std::string bytes;
-  if (l.rank == 0 && fs::exists(dir / "optimizer.pt")) {
-    std::vector<at::Tensor> saved;
-    torch::load(saved, (dir / "params.pt").string());
-    TORCH_CHECK(saved.size() == params.size(), "distributed_finetune: ", dir.string(), " holds ", saved.size(),
-                " tensors, this model trains ", params.size());
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
-    std::ifstream in(dir / "optimizer.pt", std::ios::binary);
-    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (l.rank == 0 && fs::exists(path)) {
+    // All or nothing: a damaged file throws before the model or the optimizer changes.
+    zotorch::load_checkpoint(*net, opt, path.string());
+    torch::serialize::OutputArchive state;
+    opt.save(state);
+    bytes = zotorch::checkpoint_bytes(state);
     found[0] = static_cast<int64_t>(bytes.size());
   }
   found = broadcast(found);
@@ -336,8 +286,12 @@ int64_t resume(const fs::path& out, const Launch& l, const c10::intrusive_ptr<c1
   at::Tensor buffer = at::zeros({length}, at::kByte);
   if (l.rank == 0) std::memcpy(buffer.data_ptr(), bytes.data(), static_cast<size_t>(length));
   buffer = broadcast(buffer);
-  std::istringstream in(std::string(static_cast<const char*>(buffer.data_ptr()), static_cast<size_t>(length)));
-  torch::load(opt, in);
+  if (l.rank != 0) {
+    torch::serialize::InputArchive state;
+    zotorch::load_checkpoint_bytes(state, std::string(static_cast<const char*>(buffer.data_ptr()), static_cast<size_t>(length)),
+                                   "rank 0's optimizer state");
+    opt.load(state);
+  }
   return opt.steps();
 }
 
@@ -350,8 +304,8 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
   };
   const fs::path out(a.out);
   if (l.rank == 0) fs::create_directories(out);
-  const int64_t start_step = a.resume ? resume(out, l, group, params, opt, device) : 0;
-  if (start_step > 0) log("  resumed from " + (out / "checkpoint").string() + " at step " + std::to_string(start_step));
+  const int64_t start_step = a.resume ? resume(out, l, group, net, opt, device) : 0;
+  if (start_step > 0) log("  resumed from " + (out / "checkpoint.ckpt").string() + " at step " + std::to_string(start_step));
 
   // The wrapper: broadcast of rank 0's parameters, start-up check, then one all-reduce per step.
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout * 1000));
@@ -442,7 +396,7 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
     ++timed_steps;
     if (std::isfinite(loss)) running = std::isfinite(running) ? 0.9 * running + 0.1 * loss : loss;
     const int64_t step = opt.steps();
-    if (l.rank == 0 && a.checkpoint_every > 0 && step % a.checkpoint_every == 0) save_checkpoint(out, params, opt);
+    if (l.rank == 0 && a.checkpoint_every > 0 && step % a.checkpoint_every == 0) save_checkpoint(out, net, opt);
     if (a.eval_every > 0 && step % a.eval_every == 0 && step < a.steps) {
       const auto eval_started = std::chrono::steady_clock::now();
       const double eval_cpu_started = cpu_seconds();
@@ -468,6 +422,15 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
   log("  step " + std::to_string(opt.steps()) + " | dev accuracy " + std::to_string(acc).substr(0, 6) + ", loss " +
       std::to_string(dev_loss).substr(0, 6));
   if (l.rank == 0) {
+    // The result leaves the program: every trained tensor under its transformers-style name
+    // (docs/examples.md "Outputs"); the replicas are identical, so rank 0's are everyone's.
+    const fs::path trained = out / "trained.safetensors";
+    NamedTensors named;
+    for (const auto& item : net->named_parameters()) named.emplace_back(item.key(), item.value());
+    save_safetensors(trained.string(), named,
+                     {{"format", "pt"}, {"model", a.model}, {"optimizer", a.optimizer}, {"steps", std::to_string(opt.steps())},
+                      {"dev_accuracy", std::to_string(acc)}});
+    log("  wrote " + trained.string());
     const double per_step = timed_steps > 0 ? 1.0 / static_cast<double>(timed_steps) : 0;
     char line[400];
     std::snprintf(line, sizeof line,
@@ -536,8 +499,10 @@ int main(int argc, char** argv) try {
   BertClassifier net(loaded.model, static_cast<int64_t>(labels.size()), Pooling::Mean);
   net->to(device);
   net->eval();
+  // Every weight trains (requires_grad true, as torch::nn made them); the optimizers' forwards run
+  // under NoGradGuard, so no autograd graph is built. Eval mode: dropout would otherwise draw other
+  // masks in the forwards of one step, which zeroth-order differences cannot tolerate.
   std::vector<at::Tensor> params = net->parameters();
-  for (auto& p : params) p.set_requires_grad(false);
   if (l.rank == 0 && !a.quiet) {
     int64_t numel = 0;
     for (const auto& p : params) numel += p.numel();

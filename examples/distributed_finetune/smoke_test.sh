@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CTest smoke run of distributed_finetune: two ranks through launch.sh on the committed tiny BERT
-# and sentences, 6 steps with a checkpoint at step 4, then a resumed continuation to step 10.
+# and sentences, 6 steps with a checkpoint at step 4, then a resumed continuation to step 10; rank 0
+# leaves checkpoint.ckpt and trained.safetensors.
 # usage: smoke_test.sh PROGRAM FIXTURES_DIR OUT_DIR
 set -euo pipefail
 program="$1"
@@ -15,7 +16,8 @@ common=(--model "$fixtures/tiny-bert" --train "$fixtures/tiny_sentiment.tsv" --d
 
 "$here/launch.sh" --nproc-per-node 2 --grace 30 -- "$program" "${common[@]}" --steps 6 | tee "$out/first.log"
 grep -q '"world_size":2' "$out/first.log"
-test -f "$out/checkpoint/optimizer.pt"
+test -f "$out/checkpoint.ckpt"
+test -f "$out/trained.safetensors"
 
 "$here/launch.sh" --nproc-per-node 2 --grace 30 -- "$program" "${common[@]}" --steps 10 --resume | tee "$out/resumed.log"
 grep -q "resumed from .* at step 4" "$out/resumed.log"

@@ -13,7 +13,8 @@
 # 2-core machine two single-threaded runs use both cores with no OpenMP barrier spinning.
 # Frozen-layer caches go to $ZOTORCH_CACHE_DIR (default out/cache), shared by all runs.
 # Defaults (sized for about 10 minutes on a 2-core CPU): --task polarity --mode lora
-# --train-layers 1 --budget 1800, learning rates chosen on the dev set (docs/results.md).
+# --train-layers 1 --budget 1800, learning rates from `finetune_classifier --print-default-lr`
+# (chosen on the dev set, docs/results.md). Each method leaves DIR/<method>/trained.safetensors.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -39,19 +40,11 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     --lr-fzoo|--lr-mezo|--lr-adamezo|--lr-adam) lr[${1#--lr-}]="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
 [[ -x "$program" ]] || { echo "compare.sh: $program is not built; run scripts/demo.sh or build the finetune_classifier target" >&2; exit 1; }
-
-# Learning rates picked on the dev set of polarity (docs/results.md "How the learning rates were
-# chosen"); FZOO's lr is a step length (docs/algorithms.md "FZOO"), hence its larger value.
-declare -A default_lr=(
-  [head/fzoo]=3e-2 [head/mezo]=1e-2 [head/adamezo]=1e-4 [head/adam]=3e-3
-  [lora/fzoo]=3e-2 [lora/mezo]=3e-3 [lora/adamezo]=3e-5 [lora/adam]=3e-4
-  [full/fzoo]=3e-4 [full/mezo]=1e-5 [full/adamezo]=1e-6 [full/adam]=2e-5
-)
 
 model="$("$root/scripts/fetch-model.sh" --quiet | tail -n1)"
 "$root/scripts/fetch-data.sh" >/dev/null
@@ -74,11 +67,12 @@ echo "== zero-shot baseline (the prompt-initialised head, no training)"
 
 run_method() {
   local method="$1" rate args
-  rate="${lr[$method]:-${default_lr[$mode/$method]:-}}"
-  args=(--optimizer "$method" --budget-forward-passes "$budget" --eval-every "$eval_every" --out "$out/$method")
-  [[ -n "$rate" ]] && args+=(--lr "$rate")
+  # The default comes from the program itself (examples/common/learning_rates.h): one table.
+  rate="${lr[$method]:-$("$program" --print-default-lr --optimizer "$method" --mode "$mode")}"
+  args=(--optimizer "$method" --budget-forward-passes "$budget" --eval-every "$eval_every" --out "$out/$method"
+        --lr "$rate")
   [[ -n "$eps" && "$method" != adam ]] && args+=(--eps "$eps")
-  echo "== $method ($mode, lr ${rate:-default}, budget $budget forward passes) -> $out/$method/log.txt"
+  echo "== $method ($mode, lr $rate, budget $budget forward passes) -> $out/$method/log.txt"
   rm -rf "$out/$method" && mkdir -p "$out/$method"  # a fresh run, not a resumed one
   if "$program" "${common[@]}" "${args[@]}" > "$out/$method/log.txt" 2>&1; then
     tail -n 2 "$out/$method/log.txt" | head -n 1
@@ -111,10 +105,8 @@ for method in $methods; do
   [[ -f "$out/$method/summary.json" ]] || { echo "compare.sh: $method wrote no summary.json; see $out/$method/log.txt" >&2; exit 1; }
 done
 
-python="$root/.venv/bin/python"
+# The table needs only Python's standard library; the plot uses Debian's python3-matplotlib
+# (scripts/bootstrap.sh installs it), so nothing is installed at run time.
+python=/usr/bin/python3
 [[ -x "$python" ]] || python=python3
-if ! "$python" -c "import matplotlib" 2>/dev/null; then
-  echo "compare.sh: installing matplotlib into $("$python" -c 'import sys;print(sys.prefix)') for the plot"
-  "$python" -m pip install --quiet --disable-pip-version-check matplotlib >&2 || echo "compare.sh: no matplotlib; table only" >&2
-fi
 "$python" "$here/report.py" "$out" --methods $methods --title "all-MiniLM-L6-v2 on $task, mode $mode$([[ $mode == head ]] || echo " (top $train_layers layer(s))"), batch $batch"

@@ -2,7 +2,9 @@
 // with FZOO, MeZO or AdaMeZO (forward passes only) or Adam (backprop baseline), and reports accuracy
 // against forward passes. The program behind scripts/demo.sh; docs/examples.md explains every flag.
 #include "../common/bert.h"
-#include "../common/json.h"
+#include "../common/cli.h"
+#include "../common/files.h"
+#include "../common/learning_rates.h"
 #include "../common/safetensors.h"
 #include "../common/tsv.h"
 #include "../common/wordpiece.h"
@@ -42,48 +44,6 @@ using namespace zotorch::examples;
 
 namespace {
 
-const char* kUsage = R"(usage: finetune_classifier --model DIR --train TSV --dev TSV --test TSV [options]
-
-Fine-tunes a Hugging Face BERT-family model directory (config.json, model.safetensors or
-pytorch_model.bin, vocab.txt/tokenizer.json) as a sentence classifier on text<TAB>label files.
-
-  --optimizer fzoo|mezo|adamezo|adam   method (default fzoo); adam is the backprop baseline and
-                                      counts 3 forward-pass equivalents per step
-  --mode full|lora|head               what trains: all encoder weights + head, LoRA adapters on
-                                      attention query/value + head, or the head only (default full)
-  --budget-forward-passes N           stop after N forward passes (default 2000; 0 = evaluate only)
-  --lr X --eps X                      learning rate and perturbation scale (defaults per optimizer/mode)
-  --batch N                           examples per step (default 16)
-  --seed N                            seed of batches, head init, LoRA init and directions (default 0)
-  --dtype float32|bfloat16            parameter and activation dtype (default float32)
-  --device cpu|cuda                   (default cpu)
-  --out DIR                           metrics.csv, summary.json, checkpoints (default out/finetune)
-  --resume                            continue from DIR/checkpoint if it exists
- more:
-  --num-perturbations N               FZOO's N (default 8)
-  --window N                          AdaMeZO's window h (default 10)
-  --weight-decay X                    decoupled weight decay (default 0)
-  --train-layers K                    only the top K encoder layers train (default all); the frozen
-                                      layers below run once per example and are cached
-  --lora-rank R --lora-alpha A        LoRA shape (default 8, 16)
-  --max-length N                      tokens per example incl. [CLS]/[SEP] (default 64)
-  --pooling mean|cls                  sentence vector (default: the model's 1_Pooling/config.json, else mean)
-  --normalize auto|on|off             L2-normalise the sentence vector (auto: if the model directory is
-                                      a sentence-transformers model with a Normalize module)
-  --head-init prompt|random           prompt: the head's rows are the (normalised) embeddings of
-                                      --label-template filled with each label's word, scaled by
-                                      --head-scale, so training starts at zero-shot accuracy (default)
-  --label-template T                  default "{label}"; e.g. "It was {label}."
-  --label-words a=x,b=y               word for each label in the template (default: the label itself)
-  --head-scale S                      (default 20)
-  --eval-every N                      evaluate on dev every N forward passes (default budget/10)
-  --eval-batch N                      (default 64)
-  --cache-dir DIR                     keep the frozen layers' outputs there and reuse them across runs
-                                      with the same model, data, --max-length, --train-layers, dtype
-  --threads N                         intra-op threads (default: LibTorch's choice)
-  --quiet                             print only the final result
-)";
-
 struct Args {
   std::string model, train, dev, test, out = "out/finetune";
   std::string optimizer = "fzoo", mode = "full", dtype = "float32", device = "cpu";
@@ -95,102 +55,76 @@ struct Args {
   bool resume = false, quiet = false;
 };
 
-[[noreturn]] void usage_error(const std::string& message) {
-  std::cerr << "finetune_classifier: " << message << "\n(run with --help for the options)\n";
-  std::exit(2);
-}
-
 Args parse_args(int argc, char** argv) {
   Args a;
-  std::map<std::string, std::function<void(const std::string&)>> options = {
-      {"--model", [&](const std::string& v) { a.model = v; }},
-      {"--train", [&](const std::string& v) { a.train = v; }},
-      {"--dev", [&](const std::string& v) { a.dev = v; }},
-      {"--test", [&](const std::string& v) { a.test = v; }},
-      {"--out", [&](const std::string& v) { a.out = v; }},
-      {"--optimizer", [&](const std::string& v) { a.optimizer = v; }},
-      {"--mode", [&](const std::string& v) { a.mode = v; }},
-      {"--dtype", [&](const std::string& v) { a.dtype = v; }},
-      {"--device", [&](const std::string& v) { a.device = v; }},
-      {"--budget-forward-passes", [&](const std::string& v) { a.budget = std::stoll(v); }},
-      {"--batch", [&](const std::string& v) { a.batch = std::stoll(v); }},
-      {"--seed", [&](const std::string& v) { a.seed = std::stoll(v); }},
-      {"--num-perturbations", [&](const std::string& v) { a.num_perturbations = std::stoll(v); }},
-      {"--window", [&](const std::string& v) { a.window = std::stoll(v); }},
-      {"--lr", [&](const std::string& v) { a.lr = std::stod(v); }},
-      {"--eps", [&](const std::string& v) { a.eps = std::stod(v); }},
-      {"--weight-decay", [&](const std::string& v) { a.weight_decay = std::stod(v); }},
-      {"--train-layers", [&](const std::string& v) { a.train_layers = std::stoll(v); }},
-      {"--lora-rank", [&](const std::string& v) { a.lora_rank = std::stoll(v); }},
-      {"--lora-alpha", [&](const std::string& v) { a.lora_alpha = std::stod(v); }},
-      {"--max-length", [&](const std::string& v) { a.max_length = std::stoll(v); }},
-      {"--pooling", [&](const std::string& v) { a.pooling = v; }},
-      {"--normalize", [&](const std::string& v) { a.normalize = v; }},
-      {"--head-init", [&](const std::string& v) { a.head_init = v; }},
-      {"--label-template", [&](const std::string& v) { a.label_template = v; }},
-      {"--label-words", [&](const std::string& v) { a.label_words = v; }},
-      {"--head-scale", [&](const std::string& v) { a.head_scale = std::stod(v); }},
-      {"--eval-every", [&](const std::string& v) { a.eval_every = std::stoll(v); }},
-      {"--eval-batch", [&](const std::string& v) { a.eval_batch = std::stoll(v); }},
-      {"--threads", [&](const std::string& v) { a.threads = std::stoll(v); }},
-      {"--cache-dir", [&](const std::string& v) { a.cache_dir = v; }},
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "-h" || arg == "--help") {
-      std::cout << kUsage;
-      std::exit(0);
-    }
-    if (arg == "--resume") {
-      a.resume = true;
-      continue;
-    }
-    if (arg == "--quiet") {
-      a.quiet = true;
-      continue;
-    }
-    auto it = options.find(arg);
-    if (it == options.end()) usage_error("unknown option '" + arg + "'");
-    if (i + 1 >= argc) usage_error(arg + " needs a value");
-    try {
-      it->second(argv[++i]);
-    } catch (const std::exception&) {
-      usage_error(arg + " got '" + argv[i] + "', which is not a number");
-    }
+  CLI::App app("Fine-tunes a Hugging Face BERT-family model directory (config.json, model.safetensors or\n"
+               "pytorch_model.bin, vocab.txt/tokenizer.json) as a sentence classifier on text<TAB>label files\n"
+               "with FZOO, MeZO or AdaMeZO (forward passes only) or Adam (backprop). Writes to --out:\n"
+               "metrics.csv, summary.json, trained.safetensors (the best-on-dev trainable tensors) and\n"
+               "checkpoint.ckpt. docs/examples.md explains every option.",
+               "finetune_classifier");
+  configure_cli(app);
+  bool print_default_lr = false;
+  app.add_option("--model", a.model, "model directory")->option_text("DIR");
+  app.add_option("--train", a.train, "training examples, text<TAB>label")->option_text("TSV");
+  app.add_option("--dev", a.dev, "dev examples: evaluation and the best-checkpoint choice")->option_text("TSV");
+  app.add_option("--test", a.test, "test examples, evaluated once at the end")->option_text("TSV");
+  app.add_option("--optimizer", a.optimizer, "method; adam is the backprop baseline and counts 3 forward-pass "
+                 "equivalents per step")->check(CLI::IsMember({"fzoo", "mezo", "adamezo", "adam"}));
+  app.add_option("--mode", a.mode, "what trains: all encoder weights + head, LoRA adapters on attention "
+                 "query/value + head, or the head only")->check(CLI::IsMember({"full", "lora", "head"}));
+  app.add_option("--budget-forward-passes", a.budget, "stop after N forward passes (0 = evaluate only)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--lr", a.lr, "learning rate (default: per optimizer and mode, see --print-default-lr)")
+      ->check(CLI::PositiveNumber)->default_str("");
+  app.add_option("--eps", a.eps, "perturbation scale (default: per optimizer and mode)")
+      ->check(CLI::PositiveNumber)->default_str("");
+  app.add_option("--batch", a.batch, "examples per step")->check(CLI::PositiveNumber);
+  app.add_option("--seed", a.seed, "seed of batches, head init, LoRA init and directions");
+  app.add_option("--dtype", a.dtype, "parameter and activation dtype")->check(CLI::IsMember({"float32", "bfloat16"}));
+  app.add_option("--device", a.device, "device")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--out", a.out, "output directory")->option_text("DIR");
+  app.add_flag("--resume", a.resume, "continue from DIR/checkpoint.ckpt if it exists");
+  app.add_flag("--print-default-lr", print_default_lr,
+               "print the default learning rate of --optimizer and --mode and exit (compare.sh asks this)");
+  const std::string more = "More options";
+  app.add_option("--num-perturbations", a.num_perturbations, "FZOO's N")->check(CLI::PositiveNumber)->group(more);
+  app.add_option("--window", a.window, "AdaMeZO's window h")->check(CLI::PositiveNumber)->group(more);
+  app.add_option("--weight-decay", a.weight_decay, "decoupled weight decay")->check(CLI::NonNegativeNumber)->group(more);
+  app.add_option("--train-layers", a.train_layers, "only the top K encoder layers train (default all); the frozen layers "
+                 "below run once per example and are cached")->default_str("all")->group(more);
+  app.add_option("--lora-rank", a.lora_rank, "LoRA rank")->check(CLI::PositiveNumber)->group(more);
+  app.add_option("--lora-alpha", a.lora_alpha, "LoRA alpha")->group(more);
+  app.add_option("--max-length", a.max_length, "tokens per example incl. [CLS]/[SEP]")->check(CLI::Range(3, 1 << 20))->group(more);
+  app.add_option("--pooling", a.pooling, "sentence vector (auto: the model's 1_Pooling/config.json, else mean)")
+      ->check(CLI::IsMember({"auto", "mean", "cls"}))->group(more);
+  app.add_option("--normalize", a.normalize, "L2-normalise the sentence vector (auto: if the model directory is a "
+                 "sentence-transformers model with a Normalize module)")->check(CLI::IsMember({"auto", "on", "off"}))->group(more);
+  app.add_option("--head-init", a.head_init, "prompt: the head's rows are the normalised embeddings of --label-template "
+                 "filled with each label's word, times --head-scale, so training starts at zero-shot accuracy")
+      ->check(CLI::IsMember({"prompt", "random"}))->group(more);
+  app.add_option("--label-template", a.label_template, "e.g. \"It was {label}.\"")->group(more);
+  app.add_option("--label-words", a.label_words, "word for each label in the template (default: the label itself)")
+      ->option_text("a=x,b=y")->group(more);
+  app.add_option("--head-scale", a.head_scale, "scale of the prompt-initialised head")->group(more);
+  app.add_option("--eval-every", a.eval_every, "evaluate on dev every N forward passes")->default_str("budget/10")->group(more);
+  app.add_option("--eval-batch", a.eval_batch, "examples per evaluation batch")->check(CLI::PositiveNumber)->group(more);
+  app.add_option("--cache-dir", a.cache_dir, "keep the frozen layers' outputs there and reuse them across runs with the "
+                 "same model, data, --max-length, --train-layers, dtype")->option_text("DIR")->group(more);
+  app.add_option("--threads", a.threads, "intra-op threads")->default_str("LibTorch's choice")->group(more);
+  app.add_flag("--quiet", a.quiet, "print only the final result")->group(more);
+  parse_or_exit(app, argc, argv);
+
+  if (print_default_lr) {
+    std::cout << default_rates(a.optimizer, a.mode).lr << std::endl;
+    std::exit(0);
   }
-  auto one_of = [](const std::string& flag, const std::string& v, std::initializer_list<const char*> allowed) {
-    for (const char* x : allowed) {
-      if (v == x) return;
-    }
-    std::string list;
-    for (const char* x : allowed) list += std::string(list.empty() ? "" : ", ") + x;
-    usage_error(flag + " must be one of " + list + ", got '" + v + "'");
-  };
   if (a.model.empty() || a.train.empty() || a.dev.empty() || a.test.empty()) {
-    usage_error("--model, --train, --dev and --test are required");
+    usage_error(app, "--model, --train, --dev and --test are required");
   }
-  one_of("--optimizer", a.optimizer, {"fzoo", "mezo", "adamezo", "adam"});
-  one_of("--mode", a.mode, {"full", "lora", "head"});
-  one_of("--dtype", a.dtype, {"float32", "bfloat16"});
-  one_of("--device", a.device, {"cpu", "cuda"});
-  one_of("--pooling", a.pooling, {"auto", "mean", "cls"});
-  one_of("--normalize", a.normalize, {"auto", "on", "off"});
-  one_of("--head-init", a.head_init, {"prompt", "random"});
-  if (a.budget < 0) usage_error("--budget-forward-passes must be >= 0");
-  if (a.batch < 1) usage_error("--batch must be >= 1");
-  if (a.max_length < 3) usage_error("--max-length must be >= 3");
-  if (a.eval_batch < 1) usage_error("--eval-batch must be >= 1");
-  // head and lora: chosen on the polarity dev set with all-MiniLM-L6-v2 (docs/results.md); full:
-  // the papers' full-parameter settings (MeZO's lr 1e-6, FZOO's and AdaMeZO's scaled alike).
-  static const std::map<std::string, std::pair<double, double>> kDefaults = {
-      {"fzoo/full", {1e-4, 1e-3}},   {"fzoo/lora", {3e-2, 1e-2}},    {"fzoo/head", {3e-2, 1e-2}},
-      {"mezo/full", {1e-6, 1e-3}},   {"mezo/lora", {3e-3, 1e-2}},    {"mezo/head", {1e-2, 1e-2}},
-      {"adamezo/full", {1e-7, 1e-3}}, {"adamezo/lora", {3e-5, 1e-2}}, {"adamezo/head", {1e-4, 1e-2}},
-      {"adam/full", {2e-5, 0}},      {"adam/lora", {3e-4, 0}},       {"adam/head", {3e-3, 0}},
-  };
-  const auto& d = kDefaults.at(a.optimizer + "/" + a.mode);
-  if (a.lr < 0) a.lr = d.first;
-  if (a.eps < 0) a.eps = d.second;
+  const DefaultRates d = default_rates(a.optimizer, a.mode);
+  if (a.lr < 0) a.lr = d.lr;
+  if (a.eps < 0) a.eps = d.eps;
   return a;
 }
 
@@ -383,15 +317,8 @@ std::string format_seconds(double s) {
   return buf;
 }
 
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    TORCH_CHECK(out.good(), "finetune_classifier: cannot write ", tmp.string());
-  }
-  fs::rename(tmp, path);
-}
+/// metrics.csv and summary.json: the whole file or none of it, even after a crash.
+void write_text_atomically(const fs::path& path, const std::string& text) { zotorch::write_file_atomically(path.string(), text); }
 
 /// The optimizer behind a uniform interface: one step on a batch, and the forward passes so far.
 struct Trainer {
@@ -452,12 +379,12 @@ std::pair<Pooling, bool> sentence_transformer_defaults(const std::string& dir) {
   const fs::path pool_cfg = fs::path(dir) / "1_Pooling" / "config.json";
   if (fs::exists(pool_cfg)) {
     const Json j = read_json_file(pool_cfg.string());
-    if (j.value<bool>("pooling_mode_cls_token", false)) pooling = Pooling::Cls;
+    if (json_value<bool>(j, "pooling_mode_cls_token", false)) pooling = Pooling::Cls;
   }
   const fs::path modules = fs::path(dir) / "modules.json";
   if (fs::exists(modules)) {
-    for (const auto& m : read_json_file(modules.string()).as_array()) {
-      if (m.value<std::string>("type", "").find("Normalize") != std::string::npos) normalize = true;
+    for (const auto& m : read_json_file(modules.string())) {
+      if (json_value<std::string>(m, "type", "").find("Normalize") != std::string::npos) normalize = true;
     }
   }
   return {pooling, normalize};
@@ -543,7 +470,10 @@ int main(int argc, char** argv) try {
     }
   }
 
-  // What trains. The rest is frozen (requires_grad false: no autograd graph, no gradient memory).
+  // What trains: requires_grad true, as in PyTorch, so that Adam's backward reaches exactly these and
+  // zotorch's optimizers (which leave frozen tensors alone) perturb exactly these; the zeroth-order
+  // steps run their forwards under NoGradGuard, so no graph is built for them. The rest is frozen
+  // (requires_grad false: no autograd graph and no gradient memory for Adam either).
   std::vector<at::Tensor> params;
   std::vector<std::string> param_names;
   for (auto& item : m.net->named_parameters()) {
@@ -558,7 +488,7 @@ int main(int argc, char** argv) try {
       if (a.mode == "full") trainable = trainable || in_trained_layers || (embedding && m.frozen == 0);
       if (a.mode == "lora") trainable = trainable || (in_trained_layers && name.find(".lora_") != std::string::npos);
     }
-    item.value().set_requires_grad(trainable && a.optimizer == "adam");
+    item.value().set_requires_grad(trainable);
     if (trainable) {
       params.push_back(item.value());
       param_names.push_back(name);
@@ -618,32 +548,49 @@ int main(int argc, char** argv) try {
       static_cast<double>(std::count(test.labels.begin(), test.labels.end(), majority)) / static_cast<double>(test.size());
 
   // ---- state, resume -------------------------------------------------------------------------
-  const fs::path out(a.out), ckpt = out / "checkpoint", metrics_path = out / "metrics.csv";
+  // One checkpoint file (zotorch::save_checkpoint: length and CRC-32 checked on load, written
+  // atomically) holds the trainable tensors, the optimizer's state and the loop's state together,
+  // so a resume never pairs the tensors of one step with the optimizer state of another.
+  const fs::path out(a.out), ckpt = out / "checkpoint.ckpt", metrics_path = out / "metrics.csv";
+  const fs::path trained_path = out / "trained.safetensors";
   int64_t step = 0, metric_rows = 0, best_fp = 0;
   double best_dev = -1, prior_seconds = 0, initial_dev = -1, running_loss = std::nan("");
   Sampler sampler(train.size(), static_cast<size_t>(a.batch), static_cast<uint64_t>(a.seed) * 0x9E3779B97F4A7C15ull + 1);
-  if (a.resume && fs::exists(ckpt / "state.json")) {
-    const Json s = read_json_file((ckpt / "state.json").string());
-    TORCH_CHECK(s.at("optimizer").as_string() == a.optimizer && s.at("mode").as_string() == a.mode, "finetune_classifier: ",
-                ckpt.string(), " was written by --optimizer ", s.at("optimizer").as_string(), " --mode ", s.at("mode").as_string(),
+  if (a.resume && fs::exists(ckpt)) {
+    torch::serialize::InputArchive archive, tensors, optimizer_state;
+    zotorch::load_checkpoint(archive, ckpt.string());
+    c10::IValue state_text;
+    TORCH_CHECK(archive.try_read("state", state_text) && state_text.isString() && archive.try_read("trainable", tensors) &&
+                    archive.try_read("optimizer", optimizer_state),
+                "finetune_classifier: ", ckpt.string(), " is a zotorch checkpoint but not one of finetune_classifier; "
+                "choose another --out");
+    const Json s = Json::parse(state_text.toStringRef());
+    const auto saved_optimizer = s.at("optimizer").get<std::string>(), saved_mode = s.at("mode").get<std::string>();
+    TORCH_CHECK(saved_optimizer == a.optimizer && saved_mode == a.mode, "finetune_classifier: ", ckpt.string(),
+                " was written by --optimizer ", saved_optimizer, " --mode ", saved_mode,
                 "; resume with the same options or choose another --out");
-    std::vector<at::Tensor> saved;
-    torch::load(saved, (ckpt / "trainable.pt").string());
-    TORCH_CHECK(saved.size() == params.size(), "finetune_classifier: checkpoint has ", saved.size(), " tensors, this run trains ",
-                params.size(), "; resume with the same --mode/--train-layers/--lora-rank");
+    TORCH_CHECK(s.at("trainable_names").get<std::vector<std::string>>() == param_names, "finetune_classifier: ",
+                ckpt.string(), " holds other trainable tensors than this run trains (", s.at("trainable_names").size(),
+                " saved, ", params.size(), " now); resume with the same --mode/--train-layers/--lora-rank");
+    std::vector<at::Tensor> saved(params.size());
+    for (size_t i = 0; i < params.size(); ++i) {
+      tensors.read("t" + std::to_string(i), saved[i]);
+      TORCH_CHECK(saved[i].sizes() == params[i].sizes(), "finetune_classifier: ", param_names[i], " is ", saved[i].sizes(),
+                  " in ", ckpt.string(), " but ", params[i].sizes(), " in this model");
+    }
+    trainer.opt->load(optimizer_state);
     {
       torch::NoGradGuard no_grad;
       for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
     }
-    torch::load(*trainer.opt, (ckpt / "optimizer.pt").string());
-    step = s.at("step").as_int();
-    trainer.adam_steps = s.value<int64_t>("adam_steps", 0);
-    metric_rows = s.at("metric_rows").as_int();
-    best_dev = s.at("best_dev").as_number();
-    best_fp = s.at("best_forward_passes").as_int();
-    initial_dev = s.at("initial_dev").as_number();
-    prior_seconds = s.at("wall_seconds").as_number();
-    running_loss = s.value<double>("running_loss", std::nan(""));
+    step = s.at("step").get<int64_t>();
+    trainer.adam_steps = json_value<int64_t>(s, "adam_steps", 0);
+    metric_rows = s.at("metric_rows").get<int64_t>();
+    best_dev = s.at("best_dev").get<double>();
+    best_fp = s.at("best_forward_passes").get<int64_t>();
+    initial_dev = s.at("initial_dev").get<double>();
+    prior_seconds = s.at("wall_seconds").get<double>();
+    running_loss = json_value<double>(s, "running_loss", std::nan(""));  // null when it was NaN
     for (int64_t i = 0; i < step; ++i) sampler.next();
     // metrics.csv may have rows written after the checkpoint: keep exactly those it accounts for.
     std::ifstream in(metrics_path);
@@ -656,8 +603,20 @@ int main(int argc, char** argv) try {
     write_text_atomically(metrics_path, "step,forward_passes,train_loss,dev_loss,dev_accuracy,best_dev_accuracy,wall_seconds\n");
   }
 
-  auto best_path = out / "best_trainable.pt";
-  auto save_best = [&] { torch::save(params, (out / "best_trainable.pt.tmp").string()); fs::rename(out / "best_trainable.pt.tmp", best_path); };
+  // The best-on-dev trainable tensors, by their model names, with what produced them: the result
+  // that leaves the program (docs/examples.md "Outputs"), and what the test set is evaluated on.
+  auto save_best = [&] {
+    NamedTensors named;
+    for (size_t i = 0; i < params.size(); ++i) named.emplace_back(param_names[i], params[i]);
+    std::map<std::string, std::string> metadata = {
+        {"format", "pt"}, {"model", a.model}, {"optimizer", a.optimizer}, {"mode", a.mode},
+        {"dev_accuracy", std::to_string(best_dev)}, {"forward_passes", std::to_string(best_fp)}};
+    if (a.mode == "lora") {  // LoRA's update is B·A·alpha/rank (examples/common/bert.h)
+      metadata["lora_rank"] = std::to_string(a.lora_rank);
+      metadata["lora_alpha"] = std::to_string(a.lora_alpha);
+    }
+    save_safetensors(trained_path.string(), named, metadata);
+  };
   auto total_seconds = [&] { return prior_seconds + elapsed(); };
   auto evaluate_dev = [&](int64_t fp) {
     auto [acc, loss] = evaluate(m, dev, a.eval_batch);
@@ -675,28 +634,18 @@ int main(int argc, char** argv) try {
     return acc;
   };
   auto checkpoint = [&] {
-    const fs::path tmp = out / "checkpoint.tmp", old = out / "checkpoint.old";
-    fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    torch::save(params, (tmp / "trainable.pt").string());
-    torch::save(*trainer.opt, (tmp / "optimizer.pt").string());
-    Json s = Json::Object{};
-    s["optimizer"] = a.optimizer;
-    s["mode"] = a.mode;
-    s["step"] = Json(step);
-    s["adam_steps"] = Json(trainer.adam_steps);
-    s["metric_rows"] = Json(metric_rows);
-    s["best_dev"] = best_dev;
-    s["best_forward_passes"] = Json(best_fp);
-    s["initial_dev"] = initial_dev;
-    s["wall_seconds"] = total_seconds();
-    s["running_loss"] = running_loss;
-    write_text_atomically(tmp / "state.json", s.dump(1));
-    // Swap directories so that a crash at any point leaves one complete checkpoint.
-    fs::remove_all(old);
-    if (fs::exists(ckpt)) fs::rename(ckpt, old);
-    fs::rename(tmp, ckpt);
-    fs::remove_all(old);
+    Json s = {{"optimizer", a.optimizer}, {"mode", a.mode}, {"trainable_names", param_names}, {"step", step},
+              {"adam_steps", trainer.adam_steps}, {"metric_rows", metric_rows}, {"best_dev", best_dev},
+              {"best_forward_passes", best_fp}, {"initial_dev", initial_dev}, {"wall_seconds", total_seconds()},
+              {"running_loss", running_loss}};
+    torch::serialize::OutputArchive archive, tensors, optimizer_state;
+    // Archive keys cannot hold the '.' of parameter names: tensors go by index, names in the state.
+    for (size_t i = 0; i < params.size(); ++i) tensors.write("t" + std::to_string(i), params[i].detach());
+    trainer.opt->save(optimizer_state);
+    archive.write("state", c10::IValue(s.dump()));
+    archive.write("trainable", tensors);
+    archive.write("optimizer", optimizer_state);
+    zotorch::save_checkpoint(archive, ckpt.string());
   };
 
   // ---- training ------------------------------------------------------------------------------
@@ -748,55 +697,60 @@ int main(int argc, char** argv) try {
   }
 
   // ---- final evaluation with the best dev checkpoint -----------------------------------------
-  if (fs::exists(best_path)) {
-    std::vector<at::Tensor> best;
-    torch::load(best, best_path.string());
+  if (fs::exists(trained_path)) {
+    std::map<std::string, at::Tensor> best;
+    for (auto& [name, t] : load_safetensors(trained_path.string())) best[name] = t;
     torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params.size(); ++i) params[i].copy_(best[i].to(params[i].device()));
+    for (size_t i = 0; i < params.size(); ++i) {
+      const auto it = best.find(param_names[i]);
+      TORCH_CHECK(it != best.end() && it->second.sizes() == params[i].sizes(), "finetune_classifier: ",
+                  trained_path.string(), " lacks ", param_names[i], " as this run trains it; was it written by another run?");
+      params[i].copy_(it->second);
+    }
   }
   const auto [test_acc, test_loss] = evaluate(m, test, a.eval_batch);
   const double wall = total_seconds();
-  Json summary = Json::Object{};
+  Json summary = Json::object();
   summary["optimizer"] = a.optimizer;
   summary["mode"] = a.mode;
   summary["test_accuracy"] = test_acc;
   summary["test_loss"] = test_loss;
   summary["dev_accuracy"] = best_dev;
   summary["dev_accuracy_before_training"] = initial_dev;
-  summary["best_dev_forward_passes"] = Json(best_fp);
-  summary["forward_passes"] = Json(trainer.forward_passes());
-  summary["forward_passes_per_step"] = Json(trainer.fp_per_step);
+  summary["best_dev_forward_passes"] = best_fp;
+  summary["forward_passes"] = trainer.forward_passes();
+  summary["forward_passes_per_step"] = trainer.fp_per_step;
   summary["forward_pass_note"] = fp_note.str();
-  summary["steps"] = Json(step);
+  summary["steps"] = step;
   summary["wall_seconds"] = wall;
-  summary["peak_bytes"] = Json(peak_bytes(device));
+  summary["peak_bytes"] = peak_bytes(device);
   summary["peak_bytes_note"] = device.is_cuda() ? "CUDA caching allocator peak" : "process peak resident set (getrusage)";
   summary["majority_test_accuracy"] = majority_test;
-  summary["trainable_parameters"] = Json(trainable_numel);
+  summary["trainable_parameters"] = trainable_numel;
   summary["lr"] = a.lr;
   summary["eps"] = a.eps;
-  summary["batch"] = Json(a.batch);
-  summary["seed"] = Json(a.seed);
+  summary["batch"] = a.batch;
+  summary["seed"] = a.seed;
   summary["dtype"] = a.dtype;
   summary["device"] = a.device;
-  summary["train_layers"] = Json(train_layers);
+  summary["train_layers"] = train_layers;
   summary["model"] = a.model;
   summary["train"] = a.train;
   summary["dev"] = a.dev;
   summary["test"] = a.test;
-  Json::Array label_list;
-  for (const auto& l : labels) label_list.emplace_back(l);
-  summary["labels"] = label_list;
-  if (a.optimizer == "fzoo") summary["num_perturbations"] = Json(a.num_perturbations);
-  if (a.optimizer == "adamezo") summary["window"] = Json(a.window);
-  if (a.mode == "lora") summary["lora_rank"] = Json(a.lora_rank);
+  summary["labels"] = labels;
+  summary["trained_tensors"] = trained_path.string();
+  if (a.optimizer == "fzoo") summary["num_perturbations"] = a.num_perturbations;
+  if (a.optimizer == "adamezo") summary["window"] = a.window;
+  if (a.mode == "lora") summary["lora_rank"] = a.lora_rank;
   write_text_atomically(out / "summary.json", summary.dump(1) + "\n");
   char line[256];
   std::snprintf(line, sizeof line, "%s/%s: test accuracy %.4f (best dev %.4f at %lld forward passes; %lld forward passes, %s, peak %.0f MiB)",
                 a.optimizer.c_str(), a.mode.c_str(), test_acc, best_dev, static_cast<long long>(best_fp),
                 static_cast<long long>(trainer.forward_passes()), format_seconds(wall).c_str(),
                 static_cast<double>(peak_bytes(device)) / (1 << 20));
-  std::cout << line << "\n  " << (out / "summary.json").string() << ", " << metrics_path.string() << std::endl;
+  std::cout << line << "\n  " << (out / "summary.json").string() << ", " << metrics_path.string() << ", "
+            << trained_path.string() << std::endl;
   return 0;
 } catch (const c10::Error& e) {
   std::cerr << "finetune_classifier: " << e.what_without_backtrace() << std::endl;

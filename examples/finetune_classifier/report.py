@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Summarises a compare.sh directory: one finetune_classifier run per method (metrics.csv +
 summary.json) and a zero-shot run. Prints a Markdown table (method, test accuracy, forward passes
 to reach MeZO's final dev accuracy, wall time, peak memory), writes it to DIR/results.md and
@@ -94,7 +94,8 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("report.py: matplotlib is not installed; no plot", file=sys.stderr)
+        print("report.py: matplotlib is not installed; no plot (Debian: apt-get install python3-matplotlib)",
+              file=sys.stderr)
         return
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     styles = {"fzoo": ("tab:red", "-"), "mezo": ("tab:blue", "-"), "adamezo": ("tab:green", "-"), "adam": ("black", "--")}

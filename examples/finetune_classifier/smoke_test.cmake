@@ -1,6 +1,7 @@
 # CTest smoke test of finetune_classifier on committed tiny assets: a short FZOO run, then a resumed
-# continuation to a larger budget; checks exit codes and the files a run must leave.
-# Called with -DPROGRAM=... -DFIXTURES=tests/fixtures -DOUT=<scratch dir>.
+# continuation to a larger budget; checks exit codes, the files a run must leave, and that
+# trained.safetensors holds the trainable tensors by name (read back by safetensors_roundtrip list).
+# Called with -DPROGRAM=... -DLIST_PROGRAM=<safetensors_roundtrip> -DFIXTURES=tests/fixtures -DOUT=<scratch dir>.
 file(REMOVE_RECURSE "${OUT}")
 set(_data "${FIXTURES}/tiny_sentiment.tsv")
 set(_common --model "${FIXTURES}/tiny-bert" --train "${_data}" --dev "${_data}" --test "${_data}"
@@ -18,7 +19,7 @@ endif()
 if(NOT out MATCHES "resumed from")
   message(FATAL_ERROR "the second run did not resume from the checkpoint")
 endif()
-foreach(f summary.json metrics.csv checkpoint/state.json checkpoint/optimizer.pt best_trainable.pt)
+foreach(f summary.json metrics.csv checkpoint.ckpt trained.safetensors)
   if(NOT EXISTS "${OUT}/${f}")
     message(FATAL_ERROR "finetune_classifier did not write ${f}")
   endif()
@@ -35,9 +36,25 @@ list(LENGTH rows nrows)
 if(NOT nrows EQUAL 6)
   message(FATAL_ERROR "metrics.csv has ${nrows} lines, expected 6:\n${rows}")
 endif()
+# --mode full on the 2-layer fixture: every encoder tensor and the head, under transformers' names.
+execute_process(COMMAND "${LIST_PROGRAM}" list "${OUT}/trained.safetensors" RESULT_VARIABLE rc OUTPUT_VARIABLE listing ERROR_VARIABLE err)
+string(REGEX MATCHALL "\n" lines "\n${listing}")
+list(LENGTH lines ntensors)
+math(EXPR ntensors "${ntensors} - 1")
+if(NOT rc EQUAL 0 OR NOT listing MATCHES "classifier.weight Float \\[2, [0-9]+\\]"
+   OR NOT listing MATCHES "bert.encoder.layer.1.attention.self.query.weight Float")
+  message(FATAL_ERROR "trained.safetensors does not hold the trained tensors by name (exit ${rc}):\n${listing}${err}")
+endif()
+message("trained.safetensors: ${ntensors} tensors")
 message("smoke test passed: test accuracy ${acc} after ${fp} forward passes")
+# compare.sh takes its learning rates from the program: one table for both.
+execute_process(COMMAND "${PROGRAM}" --print-default-lr --optimizer mezo --mode lora RESULT_VARIABLE rc OUTPUT_VARIABLE lr)
+string(STRIP "${lr}" lr)
+if(NOT rc EQUAL 0 OR NOT lr STREQUAL "0.003")
+  message(FATAL_ERROR "--print-default-lr --optimizer mezo --mode lora printed '${lr}' (exit ${rc}), expected 0.003")
+endif()
 # A bad option must fail with a message naming it.
 execute_process(COMMAND "${PROGRAM}" ${_common} --optimizer sgd RESULT_VARIABLE rc ERROR_VARIABLE err OUTPUT_QUIET)
-if(rc EQUAL 0 OR NOT err MATCHES "--optimizer must be one of")
+if(NOT rc EQUAL 2 OR NOT err MATCHES "--optimizer: sgd not in")
   message(FATAL_ERROR "--optimizer sgd was not rejected clearly: ${err}")
 endif()

@@ -1,0 +1,37 @@
+// Command lines of the examples: CLI11 (Debian's libcli11-dev, docs/examples.md "Libraries"), with
+// the behaviour every example shares: --help prints the usage to stdout and exits 0; a bad option
+// or value prints "<program>: <what is wrong>" and a hint to stderr and exits 2.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+namespace zotorch::examples {
+
+/// An application whose help lists options with their defaults in a wide first column.
+inline void configure_cli(CLI::App& app) {
+  app.get_formatter()->column_width(36);
+  app.option_defaults()->always_capture_default();
+}
+
+/// Parses argv; exits 0 after --help and 2 after an error, as described above.
+inline void parse_or_exit(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) std::exit(app.exit(e));  // --help
+    std::cerr << app.get_name() << ": " << e.what() << "\n(run with --help for the options)\n";
+    std::exit(2);
+  }
+}
+
+/// For checks CLI11 cannot express: the same message and exit status as a parse error.
+[[noreturn]] inline void usage_error(const CLI::App& app, const std::string& message) {
+  std::cerr << app.get_name() << ": " << message << "\n(run with --help for the options)\n";
+  std::exit(2);
+}
+
+}  // namespace zotorch::examples
