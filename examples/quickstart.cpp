@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   CLI::App app("Trains a small torch::nn classifier on two interleaved spirals with FZOO, forward passes only.",
                "quickstart");
   zotorch::examples::configure_cli(app);
-  app.add_option("--steps", steps, "FZOO steps")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "FZOO steps")->check(zotorch::examples::positive());
   app.add_option("--save", save, "write the trained weights there as safetensors (default: not saved)")->option_text("FILE");
   zotorch::examples::parse_or_exit(app, argc, argv);
 

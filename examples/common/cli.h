@@ -7,9 +7,31 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 namespace zotorch::examples {
+
+/// A number >= `min` (> `min` when `strict`). CLI11's Range validators describe a non-number as
+/// out of a range of 1.8e308 wide; this says what is wrong in words.
+inline CLI::Validator at_least(double min, bool strict = false) {
+  std::ostringstream name;
+  name << (strict ? "> " : ">= ") << min;
+  return CLI::Validator(
+      [min, strict](std::string& text) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(text, v)) return "'" + text + "' is not a number";
+        if (strict ? !(v > min) : !(v >= min)) {
+          std::ostringstream out;
+          out << "must be " << (strict ? "> " : ">= ") << min << ", got " << text;
+          return out.str();
+        }
+        return "";
+      },
+      name.str());
+}
+inline CLI::Validator positive() { return at_least(0, /*strict=*/true); }
+inline CLI::Validator non_negative() { return at_least(0); }
 
 /// An application whose help lists options with their defaults in a wide first column.
 inline void configure_cli(CLI::App& app) {

@@ -66,27 +66,27 @@ Args parse_args(int argc, char** argv) {
   app.add_option("--train", a.train, "training examples, text<TAB>label")->option_text("TSV");
   app.add_option("--dev", a.dev, "dev examples")->option_text("TSV");
   app.add_option("--optimizer", a.optimizer, "method")->check(CLI::IsMember({"fzoo", "mezo", "adamezo"}));
-  app.add_option("--steps", a.steps, "optimizer steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--steps", a.steps, "optimizer steps")->check(non_negative());
   app.add_option("--batch", a.batch, "global batch: examples per step over all ranks, a multiple of WORLD_SIZE so that "
-                 "every shard has the same size")->check(CLI::PositiveNumber);
+                 "every shard has the same size")->check(positive());
   app.add_option("--lr", a.lr, "learning rate (default: finetune_classifier's for --mode full, "
-                 "examples/common/learning_rates.h)")->check(CLI::PositiveNumber)->default_str("");
-  app.add_option("--eps", a.eps, "perturbation scale (default: as --lr)")->check(CLI::PositiveNumber)->default_str("");
-  app.add_option("--num-perturbations", a.num_perturbations, "FZOO's N")->check(CLI::PositiveNumber);
+                 "examples/common/learning_rates.h)")->check(positive())->default_str("");
+  app.add_option("--eps", a.eps, "perturbation scale (default: as --lr)")->check(positive())->default_str("");
+  app.add_option("--num-perturbations", a.num_perturbations, "FZOO's N")->check(positive());
   app.add_option("--seed", a.seed, "batches, head initialisation and directions");
-  app.add_option("--max-length", a.max_length, "tokens per example")->check(CLI::Range(3, 1 << 20));
+  app.add_option("--max-length", a.max_length, "tokens per example")->check(at_least(3));
   app.add_option("--device", a.device, "cuda: GPU LOCAL_RANK and NCCL; cpu: Gloo")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--threads", a.threads, "intra-op threads per rank")->default_str("LibTorch's choice");
   app.add_option("--out", a.out, "output directory")->option_text("DIR");
   app.add_option("--checkpoint-every", a.checkpoint_every, "rank 0 writes DIR/checkpoint.ckpt every N steps (0 = never)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   app.add_flag("--resume", a.resume, "continue from DIR/checkpoint.ckpt (read by rank 0, broadcast to all)");
   app.add_option("--check-every", a.check_every, "compare replica checksums every N steps (0 = start only)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--eval-every", a.eval_every, "dev accuracy (sharded over the ranks) every N steps")->check(CLI::NonNegativeNumber);
-  app.add_option("--timeout", a.timeout, "seconds a collective may wait for a peer")->check(CLI::PositiveNumber);
+      ->check(non_negative());
+  app.add_option("--eval-every", a.eval_every, "dev accuracy (sharded over the ranks) every N steps")->check(non_negative());
+  app.add_option("--timeout", a.timeout, "seconds a collective may wait for a peer")->check(positive());
   app.add_option("--measure-latency", a.measure_latency, "time N all-reduces of one step's losses before training")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   app.add_flag("--json", a.json, "end with one JSON line of measurements (rank 0)");
   app.add_flag("--quiet", a.quiet, "only the summary");
   parse_or_exit(app, argc, argv);

@@ -74,12 +74,12 @@ Args parse_args(int argc, char** argv) {
   app.add_option("--mode", a.mode, "what trains: all encoder weights + head, LoRA adapters on attention "
                  "query/value + head, or the head only")->check(CLI::IsMember({"full", "lora", "head"}));
   app.add_option("--budget-forward-passes", a.budget, "stop after N forward passes (0 = evaluate only)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative());
   app.add_option("--lr", a.lr, "learning rate (default: per optimizer and mode, see --print-default-lr)")
-      ->check(CLI::PositiveNumber)->default_str("");
+      ->check(positive())->default_str("");
   app.add_option("--eps", a.eps, "perturbation scale (default: per optimizer and mode)")
-      ->check(CLI::PositiveNumber)->default_str("");
-  app.add_option("--batch", a.batch, "examples per step")->check(CLI::PositiveNumber);
+      ->check(positive())->default_str("");
+  app.add_option("--batch", a.batch, "examples per step")->check(positive());
   app.add_option("--seed", a.seed, "seed of batches, head init, LoRA init and directions");
   app.add_option("--dtype", a.dtype, "parameter and activation dtype")->check(CLI::IsMember({"float32", "bfloat16"}));
   app.add_option("--device", a.device, "device")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -88,14 +88,14 @@ Args parse_args(int argc, char** argv) {
   app.add_flag("--print-default-lr", print_default_lr,
                "print the default learning rate of --optimizer and --mode and exit (compare.sh asks this)");
   const std::string more = "More options";
-  app.add_option("--num-perturbations", a.num_perturbations, "FZOO's N")->check(CLI::PositiveNumber)->group(more);
-  app.add_option("--window", a.window, "AdaMeZO's window h")->check(CLI::PositiveNumber)->group(more);
-  app.add_option("--weight-decay", a.weight_decay, "decoupled weight decay")->check(CLI::NonNegativeNumber)->group(more);
+  app.add_option("--num-perturbations", a.num_perturbations, "FZOO's N")->check(positive())->group(more);
+  app.add_option("--window", a.window, "AdaMeZO's window h")->check(positive())->group(more);
+  app.add_option("--weight-decay", a.weight_decay, "decoupled weight decay")->check(non_negative())->group(more);
   app.add_option("--train-layers", a.train_layers, "only the top K encoder layers train (default all); the frozen layers "
                  "below run once per example and are cached")->default_str("all")->group(more);
-  app.add_option("--lora-rank", a.lora_rank, "LoRA rank")->check(CLI::PositiveNumber)->group(more);
+  app.add_option("--lora-rank", a.lora_rank, "LoRA rank")->check(positive())->group(more);
   app.add_option("--lora-alpha", a.lora_alpha, "LoRA alpha")->group(more);
-  app.add_option("--max-length", a.max_length, "tokens per example incl. [CLS]/[SEP]")->check(CLI::Range(3, 1 << 20))->group(more);
+  app.add_option("--max-length", a.max_length, "tokens per example incl. [CLS]/[SEP]")->check(at_least(3))->group(more);
   app.add_option("--pooling", a.pooling, "sentence vector (auto: the model's 1_Pooling/config.json, else mean)")
       ->check(CLI::IsMember({"auto", "mean", "cls"}))->group(more);
   app.add_option("--normalize", a.normalize, "L2-normalise the sentence vector (auto: if the model directory is a "
@@ -108,7 +108,7 @@ Args parse_args(int argc, char** argv) {
       ->option_text("a=x,b=y")->group(more);
   app.add_option("--head-scale", a.head_scale, "scale of the prompt-initialised head")->group(more);
   app.add_option("--eval-every", a.eval_every, "evaluate on dev every N forward passes")->default_str("budget/10")->group(more);
-  app.add_option("--eval-batch", a.eval_batch, "examples per evaluation batch")->check(CLI::PositiveNumber)->group(more);
+  app.add_option("--eval-batch", a.eval_batch, "examples per evaluation batch")->check(positive())->group(more);
   app.add_option("--cache-dir", a.cache_dir, "keep the frozen layers' outputs there and reuse them across runs with the "
                  "same model, data, --max-length, --train-layers, dtype")->option_text("DIR")->group(more);
   app.add_option("--threads", a.threads, "intra-op threads")->default_str("LibTorch's choice")->group(more);

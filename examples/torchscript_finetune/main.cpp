@@ -28,7 +28,7 @@ int main(int argc, char** argv) try {
   configure_cli(app);
   app.add_option("module", module_path, "TorchScript module to fine-tune")->required()->option_text("MODULE.pt");
   app.add_option("out", out, "where to save the fine-tuned module (default: not saved)")->option_text("OUT.pt");
-  app.add_option("--steps", steps, "FZOO steps")->check(CLI::PositiveNumber);
+  app.add_option("--steps", steps, "FZOO steps")->check(positive());
   app.add_option("--safetensors", tensors_out, "where to save the trained parameters by name (default: OUT.pt with the "
                  "extension .safetensors)")->option_text("FILE");
   parse_or_exit(app, argc, argv);
