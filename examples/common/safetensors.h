@@ -1,7 +1,9 @@
 // Reading and writing Hugging Face weight files for the examples: safetensors (8-byte little-endian
 // header length, a JSON header {name: {dtype, shape, data_offsets}}, then raw little-endian bytes)
 // and PyTorch's pytorch_model.bin (a torch.save zip archive of a state_dict, read by
-// torch::jit::pickle_load, which torch::pickle_load forwards to).
+// torch::jit::pickle_load, which torch::pickle_load forwards to). Hand-written because no maintained
+// C++ safetensors library is packaged; the JSON header goes through nlohmann-json
+// (docs/examples.md "Libraries").
 #pragma once
 
 #include "files.h"

@@ -1,6 +1,8 @@
 // BERT's WordPiece tokenizer in C++, matching Hugging Face `tokenizers` (BertNormalizer,
 // BertPreTokenizer, WordPiece model, [CLS] A [SEP] template) on a model directory's vocab.txt /
 // tokenizer.json, so the fine-tuning examples read raw text like the Python stack would.
+// Hand-written because `tokenizers` is a Rust library with no packaged C++ equivalent
+// (docs/examples.md "Libraries").
 #pragma once
 
 #include "files.h"
