@@ -19,6 +19,13 @@ zotorch_bootstrap
 if ! { "$ZOTORCH_ROOT/scripts/fetch-model.sh" --quiet >/dev/null && "$ZOTORCH_ROOT/scripts/fetch-data.sh" >/dev/null; }; then
   zotorch_log "could not fetch all-MiniLM-L6-v2 or the data; the tests that need them will be skipped"
 fi
+# Python's safetensors (and numpy, which its writer uses) as the oracle of the examples' safetensors
+# files (examples.safetensors_python); only into a .venv we made, never into the system python.
+if [ -x "$ZOTORCH_ROOT/.venv/bin/python" ] &&
+   ! "$ZOTORCH_ROOT/.venv/bin/python" -c 'import safetensors, numpy' >/dev/null 2>&1; then
+  "$ZOTORCH_ROOT/.venv/bin/python" -m pip install --quiet --disable-pip-version-check safetensors numpy >&2 ||
+    zotorch_log "could not install safetensors and numpy into .venv; examples.safetensors_python will be skipped"
+fi
 zotorch_timed "ctest" zotorch_run_tests "$@"
 ZOTORCH_TIMINGS+=("$(printf '%-28s %5ds' "total" $((SECONDS - total_start)))")
 zotorch_print_timings
