@@ -37,7 +37,7 @@ inline int64_t max_ulps(const std::vector<torch::Tensor>& a, const std::vector<t
     const auto int_type = dtype == torch::kDouble ? torch::kLong : dtype == torch::kFloat ? torch::kInt : torch::kShort;
     // Map the sign-magnitude bit patterns onto a monotonic integer line, then subtract.
     auto ordered = [&](const torch::Tensor& t) {
-      auto bits = t.contiguous().view(int_type).to(torch::kLong);
+      auto bits = t.detach().contiguous().view(int_type).to(torch::kLong);
       const int64_t sign_bit = dtype == torch::kDouble ? INT64_MIN : dtype == torch::kFloat ? int64_t{INT32_MIN} : int64_t{INT16_MIN};
       return torch::where(bits < 0, sign_bit - bits, bits);
     };
@@ -63,7 +63,8 @@ struct Quadratic {
   Quadratic(torch::Dtype dtype, int64_t seed, int grid_bits = 12,
             std::vector<std::vector<int64_t>> shapes = {{37}, {5, 7}, {129}}) {
     for (size_t i = 0; i < shapes.size(); ++i) {
-      params.push_back(grid_values(shapes[i], seed + static_cast<int64_t>(i), dtype, grid_bits));
+      // requires_grad: zotorch trains only such tensors by default (frozen ones are skipped).
+      params.push_back(grid_values(shapes[i], seed + static_cast<int64_t>(i), dtype, grid_bits).requires_grad_(true));
       targets.push_back(grid_values(shapes[i], seed + 100 + static_cast<int64_t>(i), torch::kDouble));
     }
   }

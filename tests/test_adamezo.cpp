@@ -74,3 +74,40 @@ TEST_CASE("AdaMeZO keeps only scalars: its state is the window of (key, g) pairs
   CHECK(static_cast<uint64_t>(state.window_keys().back()) == opt.last_step().key);
   CHECK(state.updates() == 9);
 }
+
+TEST_CASE("AdaMeZO with beta2 = 0 is the released code's momentum variant: θ − lr·scale·m/(1 + stab)", "[adamezo][formula]") {
+  const int64_t window = 3;
+  const double lr = 1e-4, eps = 1e-3, beta1 = 0.7, scale = 100, stab = 1e-5;
+  Quadratic problem(torch::kDouble, 29);
+  zotorch::AdaMeZO opt(problem.params,
+                       zotorch::AdaMeZOOptions(lr).eps(eps).window(window).beta1(beta1).beta2(0).seed(12));
+  std::vector<uint64_t> keys;
+  std::vector<double> gradients;
+  for (int64_t s = 0; s < window + 3; ++s) {
+    const auto before = snapshot(problem.params);
+    opt.step(std::ref(problem));
+    keys.push_back(opt.last_step().key);
+    gradients.push_back(opt.last_step().coefficients.at(0));
+    if (s < window + 1) continue;  // warm-up
+    for (size_t t = 0; t < before.size(); ++t) {
+      auto m = torch::zeros(before[t].sizes(), torch::kDouble);
+      for (int64_t k = 0; k < window; ++k) {
+        const size_t back = keys.size() - 1 - static_cast<size_t>(k);
+        m += std::pow(beta1, k) * gradients[back] *
+             zotorch::noise(keys[back], static_cast<int64_t>(t), 0, before[t].sizes(), zotorch::Distribution::Gaussian,
+                            torch::TensorOptions().dtype(torch::kDouble));
+      }
+      const auto expected = before[t] - lr * scale * m / (1 + stab);
+      INFO("max deviation " << (problem.params[t].detach() - expected).abs().max().item<double>());
+      CHECK(torch::allclose(problem.params[t].detach(), expected, 0, 1e-12));
+    }
+  }
+}
+
+TEST_CASE("AdaMeZO refuses window 1, saying it would be sign-SGD and pointing to MeZO", "[adamezo][errors]") {
+  auto p = torch::zeros({4}, torch::requires_grad());
+  CHECK_THROWS_WITH(zotorch::AdaMeZO({p}, zotorch::AdaMeZOOptions(1e-3).window(1)),
+                    Catch::Contains("window must be in [2, 64], got 1") && Catch::Contains("sign-SGD") &&
+                        Catch::Contains("zotorch::MeZO"));
+  CHECK_NOTHROW(zotorch::AdaMeZO({p}, zotorch::AdaMeZOOptions(1e-3).window(2)));
+}

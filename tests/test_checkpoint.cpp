@@ -219,8 +219,8 @@ TEMPLATE_TEST_CASE("a well-formed envelope around a bad archive is refused and c
     return bytes;
   };
   // Garbage, an empty payload, and the checkpoint of another optimizer kind.
-  zotorch::FZOO fzoo({torch::zeros({3})}, zotorch::FZOOOptions(1e-3));
-  zotorch::MeZO mezo({torch::zeros({3})}, zotorch::MeZOOptions(1e-3));
+  zotorch::FZOO fzoo({torch::zeros({3}, torch::requires_grad())}, zotorch::FZOOOptions(1e-3));
+  zotorch::MeZO mezo({torch::zeros({3}, torch::requires_grad())}, zotorch::MeZOOptions(1e-3));
   const std::string foreign = std::is_same<TestType, zotorch::MeZO>::value ? state_bytes(fzoo) : state_bytes(mezo);
   for (const std::string& payload : {std::string("not a zip archive at all"), std::string(), foreign}) {
     auto load = [&] {

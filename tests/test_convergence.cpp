@@ -42,8 +42,8 @@ struct Curve {
 
 template <class Optimizer, class Options>
 Curve run(const Problem& problem, const Options& options) {
-  auto w = torch::zeros({100, 1});
-  auto b = torch::zeros({1});
+  auto w = torch::zeros({100, 1}, torch::requires_grad());
+  auto b = torch::zeros({1}, torch::requires_grad());
   Optimizer opt(std::vector<torch::Tensor>{w, b}, options);
   Curve curve;
   curve.initial = problem.loss(w, b).template item<double>();

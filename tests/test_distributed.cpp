@@ -103,7 +103,7 @@ struct Shards {
 
 std::vector<at::Tensor> fresh_params() {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  return {at::randn({5}, gen), at::zeros({1})};
+  return {at::randn({5}, gen).requires_grad_(true), at::zeros({1}, at::TensorOptions().requires_grad(true))};
 }
 
 std::vector<at::Tensor> copies(const std::vector<at::Tensor>& params) {
@@ -147,17 +147,17 @@ TEST_CASE("The loss reducer sees a step's losses once, in order, and the update 
     }
     CHECK(same_bits(doubled, reference));
   }
-  SECTION("FZOO: the reducer gets N + 1 losses, and step() returns the reduced l_0") {
+  SECTION("FZOO: the reducer gets l_0, then the N other losses, and step() returns the reduced l_0") {
     auto params = fresh_params();
     zotorch::FZOO opt(params, zotorch::FZOOOptions(1e-2).num_perturbations(6));
-    int64_t count = -1;
+    std::vector<int64_t> counts;
     opt.set_loss_reducer([&](at::Tensor& losses) {
-      count = losses.numel();
+      counts.push_back(losses.numel());
       losses = losses + 1;  // assigning a new tensor of the same shape is allowed too
     });
     const double unperturbed = data.loss(params, 0).item<double>();
     const double loss = opt.step([&] { return data.loss(params, 0); }).item<double>();
-    CHECK(count == 7);
+    CHECK(counts == std::vector<int64_t>{1, 6});
     CHECK(loss == Approx(opt.last_step().losses[0]));
     CHECK(opt.last_step().losses[0] == Approx(unperturbed + 1).epsilon(1e-6));
   }
@@ -165,7 +165,9 @@ TEST_CASE("The loss reducer sees a step's losses once, in order, and the update 
     auto params = fresh_params();
     const auto before = copies(params);
     zotorch::FZOO opt(params, zotorch::FZOOOptions(1e-2));
-    opt.set_loss_reducer([](at::Tensor& losses) { losses[3] = std::nan(""); });
+    opt.set_loss_reducer([](at::Tensor& losses) {
+      if (losses.numel() > 3) losses[3] = std::nan("");  // in the second batch: l_1..l_N
+    });
     opt.step([&] { return data.loss(params, 0); });
     CHECK(opt.skipped_steps() == 1);
     CHECK(zotorch_test::max_ulps(params, before) <= 2);
@@ -213,19 +215,22 @@ TEST_CASE("DataParallel averages each step's losses over the group: equal to one
   }
   CHECK(same_bits(mine, whole));
   const auto& stats = parallel.communication();
-  CHECK(stats.loss_reductions == 20);
-  CHECK(stats.loss_bytes == 4 * 5);  // 4·(N + 1) bytes: N + 1 float32 losses
-  CHECK(stats.loss_bytes_total == 20 * 4 * 5);
+  CHECK(stats.loss_reductions == 40);  // two per step: l_0, then l_1..l_N
+  CHECK(stats.loss_bytes == 4 * 4);     // the last one: N float32 losses
+  CHECK(stats.loss_bytes_total == 20 * 4 * 5);  // 4·(N + 1) bytes per step
   CHECK(stats.checks == 1);  // the start-up check
-  CHECK(group->allreduces == 21);
-  for (const auto& payload : group->payloads) {
-    CHECK(payload.scalar_type() == at::kFloat);
-    CHECK(payload.numel() == 5);
+  CHECK(group->allreduces == 41);
+  REQUIRE(group->payloads.size() == 40);
+  for (size_t i = 0; i < group->payloads.size(); ++i) {
+    CHECK(group->payloads[i].scalar_type() == at::kFloat);
+    CHECK(group->payloads[i].numel() == (i % 2 == 0 ? 1 : 4));
   }
 }
 
 TEST_CASE("DataParallel broadcasts the root's parameters once at start-up, and removes its reducer when destroyed", "[distributed]") {
-  auto params = std::vector<at::Tensor>{at::zeros({2, 3}), at::zeros({4}), at::zeros({2}, at::kDouble)};
+  const auto trained = at::TensorOptions().requires_grad(true);
+  auto params = std::vector<at::Tensor>{at::zeros({2, 3}, trained), at::zeros({4}, trained),
+                                        at::zeros({2}, trained.dtype(at::kDouble))};
   zotorch::MeZO opt(params, zotorch::MeZOOptions(1e-3));
   auto group = c10::make_intrusive<ScriptedGroup>(1, 3);  // this process is rank 1; rank 0 is the root
   group->root_values = at::arange(100, at::kFloat);
@@ -307,6 +312,45 @@ TEST_CASE("DataParallel keeps the group in step when every rank rejects the same
   group->peer_losses = nullptr;
   CHECK_NOTHROW(parallel.step([&] { return data.loss(params, 0); }));  // the all-reduce happened: still in step
   CHECK(opt.steps() == 1);
+}
+
+TEST_CASE("DataParallel: a NaN l_0 on one rank ends the FZOO step on every rank after one forward pass and one all-reduce",
+          "[distributed]") {
+  const Shards data;
+  auto params = fresh_params();
+  const auto before = copies(params);
+  zotorch::FZOO opt(params, zotorch::FZOOOptions(1e-2).num_perturbations(4));
+  auto group = c10::make_intrusive<ScriptedGroup>(0, 2);
+  group->peer_losses = [](const at::Tensor& t) { return at::full_like(t, std::nan("")); };  // rank 1's l_0 is NaN
+  zotorch::DataParallel parallel(opt, group);
+  int calls = 0;
+  parallel.step([&] {
+    ++calls;
+    return data.loss(params, 0);
+  });
+  CHECK(calls == 1);
+  CHECK(opt.last_step().skipped);
+  CHECK(parallel.communication().loss_reductions == 1);
+  CHECK(same_bits(params, before));
+  group->peer_losses = nullptr;
+  CHECK_NOTHROW(parallel.step([&] { return data.loss(params, 0); }));  // every rank stopped at the same point
+  CHECK(parallel.communication().loss_reductions == 3);
+}
+
+TEST_CASE("DataParallel: a closure that throws between FZOO's two all-reduces leaves this rank out of step", "[distributed]") {
+  const Shards data;
+  auto params = fresh_params();
+  zotorch::FZOO opt(params, zotorch::FZOOOptions(1e-2).num_perturbations(4));
+  auto group = c10::make_intrusive<ScriptedGroup>(0, 2);
+  zotorch::DataParallel parallel(opt, group);
+  int calls = 0;
+  CHECK_THROWS_WITH(parallel.step([&] {
+    if (++calls == 3) throw std::runtime_error("data loader failed");
+    return data.loss(params, 0);
+  }),
+                    Catch::Contains("data loader failed"));
+  CHECK(parallel.communication().loss_reductions == 1);  // l_0 was all-reduced, l_1..l_N were not
+  CHECK_THROWS_WITH(parallel.step([&] { return data.loss(params, 0); }), Catch::Contains("out of step with the group"));
 }
 
 TEST_CASE("DataParallel rejects bad options with messages that name them", "[distributed]") {
@@ -529,7 +573,8 @@ struct Config {
   const char* optimizer;
   int world;
   const char* dtype;
-  int64_t losses_per_step;  ///< N + 1 or 2n: what crosses the wire each step
+  int64_t reductions_per_step;    ///< FZOO 2 (l_0, then l_1..l_N), MeZO/AdaMeZO 1
+  int64_t last_reduction_losses;  ///< losses in the last all-reduce of a step: N for FZOO, 2n for MeZO
   double tolerance;         ///< float64: rounding of the shard means only; float32: ~1e-5 per step, 200 steps
   bool process_group = false;  ///< hand DataParallel a c10d::ProcessGroup instead of the bare Backend
 };
@@ -547,8 +592,8 @@ void check_against_one_process(const Config& c) {
     const auto report = read_report(run.dir / ("rank" + std::to_string(r) + ".txt"));
     CHECK(report.at("steps") == "200");
     CHECK(report.at("skipped") == "0");
-    CHECK(report.at("loss_reductions") == "200");
-    CHECK(std::stoll(report.at("loss_bytes")) == c.losses_per_step * (float64 ? 8 : 4));
+    CHECK(report.at("loss_reductions") == std::to_string(200 * c.reductions_per_step));
+    CHECK(std::stoll(report.at("loss_bytes")) == c.last_reduction_losses * (float64 ? 8 : 4));
     CHECK(report.at("checks") == "5");  // start-up, then every 50 steps
   }
   const fs::path reference = cluster.reference("reference", args);
@@ -561,14 +606,14 @@ void check_against_one_process(const Config& c) {
 
 TEST_CASE("FZOO over 2 and 4 Gloo processes: replicas bit-identical, equal to one process on the global batch",
           "[distributed][processes]") {
-  check_against_one_process({"fzoo", 2, "float64", 9, 1e-9});
-  check_against_one_process({"fzoo", 4, "float32", 9, 1e-3});
+  check_against_one_process({"fzoo", 2, "float64", 2, 8, 1e-9});
+  check_against_one_process({"fzoo", 4, "float32", 2, 8, 1e-3});
 }
 
 TEST_CASE("MeZO (n-SPSA, through a c10d::ProcessGroup) and AdaMeZO over Gloo processes: replicas bit-identical, equal to one process",
           "[distributed][processes]") {
-  check_against_one_process({"mezo", 4, "float64", 4, 1e-9, /*process_group=*/true});
-  check_against_one_process({"adamezo", 2, "float32", 2, 1e-3});
+  check_against_one_process({"mezo", 4, "float64", 1, 4, 1e-9, /*process_group=*/true});
+  check_against_one_process({"adamezo", 2, "float32", 1, 2, 1e-3});
 }
 
 // No ';' in test names: catch_discover_tests would split the name there.
@@ -598,7 +643,7 @@ TEST_CASE("A rank killed mid-run makes the others fail with a clear error, and a
   const std::string after_restart = require_identical_replicas(resumed);
   const auto report = read_report(resumed.dir / "rank0.txt");
   CHECK(report.at("resumed") == "1");
-  CHECK(report.at("loss_reductions") == "100");  // steps 100..199 only
+  CHECK(report.at("loss_reductions") == "200");  // steps 100..199 only, two per FZOO step
   CHECK(report.at("forward_passes") == "1800");  // the counters came back with the checkpoint
   // ...and it ends exactly where a run that never failed ends.
   const auto uninterrupted = cluster.run("uninterrupted", 4, args);

@@ -102,8 +102,8 @@ TEST_CASE("stochastic rounding keeps sub-ulp MeZO updates of 16-bit parameters i
                                   torch::TensorOptions().dtype(torch::kDouble));
     for (const bool stochastic : {false, true}) {
       DYNAMIC_SECTION(torch::toString(dtype) << (stochastic ? " stochastic" : " nearest")) {
-        auto theta = (torch::arange(n, torch::kDouble).remainder(64) / 128 + 0.5).to(dtype);
-        const auto theta0 = theta.to(torch::kDouble);
+        auto theta = (torch::arange(n, torch::kDouble).remainder(64) / 128 + 0.5).to(dtype).requires_grad_(true);
+        const auto theta0 = theta.detach().to(torch::kDouble);
         zotorch::MeZO opt({theta}, zotorch::MeZOOptions(lr)
                                        .eps(std::ldexp(1.0, -6))  // a multiple of the ulp: perturbations are exact
                                        .seed(seed)

@@ -16,8 +16,8 @@ struct LeastSquares {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(99);
     x = torch::randn({128, 20}, gen) / std::sqrt(20.0);
     y = x.mm(torch::randn({20, 1}, gen));
-    w = torch::zeros({20, 1});
-    b = torch::zeros({1});
+    w = torch::zeros({20, 1}, torch::requires_grad());
+    b = torch::zeros({1}, torch::requires_grad());
   }
   torch::Tensor operator()() const { return torch::mse_loss(x.mm(w) + b, y); }
 };
@@ -92,8 +92,8 @@ TEST_CASE("perturb and restore with lr 0 leave float32 values exactly where they
 
 TEST_CASE("Gaussian perturb and restore with lr 0 drift by at most a few ulps over 1,000 steps", "[reliability][drift]") {
   // Values in [0.5, 1) on a 2^-12 grid, so that an ulp is the same for the value and its perturbations.
-  auto theta = grid_values({4096}, 78).abs().mul_(0.5).add_(0.5);
-  const auto before = theta.clone();
+  auto theta = grid_values({4096}, 78).abs().mul_(0.5).add_(0.5).requires_grad_(true);
+  const auto before = theta.detach().clone();
   zotorch::MeZO opt({theta}, zotorch::MeZOOptions(0.0).eps(1e-3));
   for (int s = 0; s < 1000; ++s) opt.step([&] { return theta.sum(); });
   // The rounding errors of 3,000 sweeps form a random walk: a few ulps, far below one per sweep.

@@ -143,7 +143,10 @@ TEMPLATE_TEST_CASE("optimizers resume bit-identically from a checkpoint", "[opti
   }
   // A fresh optimizer over a fresh copy of the model, built with other options: load restores them.
   Quadratic second_half(torch::kFloat, 9);
-  for (size_t i = 0; i < halfway.size(); ++i) second_half.params[i].copy_(halfway[i]);
+  {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < halfway.size(); ++i) second_half.params[i].copy_(halfway[i]);
+  }
   TestType resumed(second_half.params, Make<TestType>::options(0.5, 0.25, 999));
   torch::load(resumed, checkpoint);
   CHECK(resumed.steps() == steps / 2);
@@ -209,7 +212,7 @@ TEMPLATE_TEST_CASE("a LibTorch scheduler changes the step size through the optio
 }
 
 TEST_CASE("bad options are refused with messages naming the option", "[optimizer][errors]") {
-  auto p = torch::zeros({4});
+  auto p = torch::zeros({4}, torch::requires_grad());
   CHECK_THROWS_WITH(zotorch::FZOO({p}, zotorch::FZOOOptions(1e-3).eps(0)), Catch::Contains("eps must be"));
   CHECK_THROWS_WITH(zotorch::FZOO({p}, zotorch::FZOOOptions(-1)), Catch::Contains("lr must be"));
   CHECK_THROWS_WITH(zotorch::FZOO({p}, zotorch::FZOOOptions(1e-3).num_perturbations(1)),
@@ -229,16 +232,21 @@ TEST_CASE("bad options are refused with messages naming the option", "[optimizer
 }
 
 TEST_CASE("parameters that cannot be swept in place are refused, naming the parameter", "[optimizer][errors]") {
+  // include_frozen: an integer tensor cannot require grad, and only swept tensors are checked.
+  const auto all = zotorch::MeZOOptions().include_frozen(true);
   auto good = torch::zeros({4});
-  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4}, torch::kInt)}, zotorch::MeZOOptions()),
+  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4}, torch::kInt)}, all),
                     Catch::Contains("parameter 1") && Catch::Contains("dtype"));
-  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4, 4}).t()}, zotorch::MeZOOptions()),
+  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4, 4}).t()}, all),
                     Catch::Contains("parameter 1") && Catch::Contains("contiguous"));
-  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4, 4}).to_sparse()}, zotorch::MeZOOptions()),
+  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4, 4}).to_sparse()}, all),
                     Catch::Contains("parameter 1") && Catch::Contains("layout"));
-  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4}, torch::Device(torch::kMeta))}, zotorch::MeZOOptions()),
+  CHECK_THROWS_WITH(zotorch::MeZO({good, torch::zeros({4}, torch::Device(torch::kMeta))}, all),
                     Catch::Contains("parameter 1"));
-  CHECK_THROWS_WITH(zotorch::MeZO({good, good}, zotorch::MeZOOptions()), Catch::Contains("appears twice"));
+  CHECK_THROWS_WITH(zotorch::MeZO({good, good}, all), Catch::Contains("appears twice"));
+  // A frozen tensor is never swept, so it may be of any dtype.
+  CHECK_NOTHROW(zotorch::MeZO({torch::zeros({4}, torch::requires_grad()), torch::zeros({4}, torch::kInt)},
+                              zotorch::MeZOOptions()));
 }
 
 TEMPLATE_TEST_CASE("a bad closure gets a clear error and the parameters back", "[optimizer][errors]", zotorch::FZOO,

@@ -14,9 +14,10 @@ struct AdaMeZOOptions : public torch::optim::OptimizerCloneableOptions<AdaMeZOOp
   TORCH_ARG(double, lr) = 1e-7;
   /// Perturbation scale ε.
   TORCH_ARG(double, eps) = 1e-3;
-  /// h: the moments are rebuilt from the last h directions.
+  /// h ≥ 2: the moments are rebuilt from the last h directions.
   TORCH_ARG(int64_t, window) = 10;
   TORCH_ARG(double, beta1) = 0.7;
+  /// 0 selects the released code's momentum variant (v ← 1: step = scale·m/(1 + stab)).
   TORCH_ARG(double, beta2) = 0.9;
   /// Multiplier of m in the update (no (1−β) factors, no bias correction: both are lr rescales).
   TORCH_ARG(double, scale) = 100;
@@ -29,6 +30,9 @@ struct AdaMeZOOptions : public torch::optim::OptimizerCloneableOptions<AdaMeZOOp
   /// Unbiased rounding of float16/bfloat16 parameters (no effect on float32/float64).
   TORCH_ARG(bool, stochastic_rounding) = true;
   TORCH_ARG(NonFinite, on_nonfinite) = NonFinite::Skip;
+  /// Also perturb and update parameters with requires_grad() == false, which are frozen (skipped)
+  /// by default (docs/optimizers.md "Frozen parameters").
+  TORCH_ARG(bool, include_frozen) = false;
 
  public:
   void serialize(torch::serialize::OutputArchive& archive) const override {
@@ -87,8 +91,11 @@ class AdaMeZO : public ZerothOrderOptimizer<AdaMeZO, AdaMeZOOptions, AdaMeZOPara
 
   static void check_options(const AdaMeZOOptions& o, size_t group) {
     detail::check_common_options(o, kName, group);
-    TORCH_CHECK(o.window() >= 1 && o.window() <= detail::kMaxTerms, kName, ": window must be in [1, ", detail::kMaxTerms,
-                "], got ", o.window(), " (param group ", group, ")");
+    TORCH_CHECK(o.window() >= 2 && o.window() <= detail::kMaxTerms, kName, ": window must be in [2, ", detail::kMaxTerms,
+                "], got ", o.window(), " (param group ", group, ")",
+                o.window() == 1 ? ". With window 1, v = g²z² and the step is scale·sign(g·z): sign-SGD, not Adam; the "
+                                  "released AdaMeZO code runs plain MeZO for windows below 2: use zotorch::MeZO for that"
+                                : "");
     TORCH_CHECK(o.beta1() >= 0 && o.beta1() < 1, kName, ": beta1 must be in [0, 1), got ", o.beta1(), " (param group ",
                 group, ")");
     TORCH_CHECK(o.beta2() >= 0 && o.beta2() < 1, kName, ": beta2 must be in [0, 1), got ", o.beta2(), " (param group ",
@@ -126,6 +133,22 @@ class AdaMeZO : public ZerothOrderOptimizer<AdaMeZO, AdaMeZOOptions, AdaMeZOPara
     if (state.updates() < o.window() + 1) {
       // Warm-up: the first h + 1 updates are plain MeZO updates θ ← θ + εz − η(g·z + λθ).
       step.sweep_to({}, {{step.key(), 0, 0, -g, 0, 0}}, /*decay=*/true);
+      return;
+    }
+    if (o.beta2() == 0) {
+      // β2 = 0 is the released code's momentum variant: v ← 1, so the step scale·m/(1 + stab) is
+      // linear in the window's directions (docs/optimizers.md "AdaMeZO").
+      const double factor = o.scale() / (1 + o.stab());
+      std::vector<detail::SweepTerm> momentum{{step.key(), 0, 0, -factor * g, 0, 0}};
+      const auto& keys = state.window_keys();
+      const auto& gradients = state.window_gradients();
+      double beta1_power = 1;
+      for (size_t back = 1; back < static_cast<size_t>(o.window()) && back <= keys.size(); ++back) {
+        beta1_power *= o.beta1();
+        momentum.push_back({static_cast<uint64_t>(keys[keys.size() - back]), 0, 0,
+                            -factor * beta1_power * gradients[gradients.size() - back], 0, 0});
+      }
+      step.sweep_to({}, momentum, /*decay=*/true);
       return;
     }
     // m = Σ_k β1^k g_{t−k} z_{t−k},  v = Σ_k β2^k g_{t−k}² z_{t−k}²,  k = 0..h−1 (k = 0 is this step),

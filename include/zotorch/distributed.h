@@ -1,6 +1,7 @@
 // Data-parallel zeroth-order fine-tuning over PyTorch's c10d (docs/distributed.md): every rank runs
-// the closure on its shard of the batch, one all-reduce averages the step's losses, and every rank
-// derives the same update from the same key, so only N + 1 (FZOO) or 2n (MeZO) numbers cross the wire.
+// the closure on its shard of the batch, all-reduces average the step's losses, and every rank
+// derives the same update from the same key, so only N + 1 (FZOO, in two all-reduces) or 2n (MeZO)
+// numbers cross the wire.
 #pragma once
 
 #include <zotorch/zo_optimizer.h>
@@ -47,8 +48,10 @@ struct DataParallelOptions {
 /// What the wrapper has sent so far. Payload bytes are what each rank contributes to a collective;
 /// a ring all-reduce moves at most twice that per rank over the network (docs/distributed.md).
 struct CommunicationStats {
-  int64_t loss_reductions = 0;       ///< all-reduces of step losses (one per step)
-  int64_t loss_bytes = 0;            ///< payload of the last one: 4·(N + 1) for FZOO on float32 losses
+  /// All-reduces of step losses: two per FZOO step (l_0, then l_1..l_N: a non-finite l_0 ends the
+  /// step on every rank before the probes), one per MeZO/AdaMeZO step (all 2n losses).
+  int64_t loss_reductions = 0;
+  int64_t loss_bytes = 0;            ///< payload of the last one: 4·N for FZOO (l_1..l_N), 4·2n for MeZO, on float32 losses
   int64_t loss_bytes_total = 0;
   double loss_seconds = 0;           ///< wall time of the last one, including waiting for slower ranks
   double loss_seconds_total = 0;
@@ -186,6 +189,7 @@ struct ReplicaState {
   CommunicationStats stats;
   std::function<int64_t()> step_index;
   std::chrono::milliseconds timeout = c10d::kUnsetTimeout;
+  at::Tensor last_losses;  ///< the values of the last all-reduce, as every rank received them
 };
 
 }  // namespace detail
@@ -237,9 +241,9 @@ int64_t broadcast_tensors(const std::vector<at::Tensor>& tensors, const c10::int
 }
 
 /// Makes a zeroth-order optimizer (zotorch::FZOO, MeZO or AdaMeZO) data-parallel over a c10d
-/// process group. Each rank's closure evaluates that rank's shard of the batch; after the local
-/// forward passes of a step, one all-reduce averages the step's losses (N + 1 for FZOO, 2n for
-/// MeZO/AdaMeZO), and every rank applies the identical update, so the replicas stay bit-identical.
+/// process group. Each rank's closure evaluates that rank's shard of the batch; all-reduces average
+/// the step's losses (FZOO: l_0, then l_1..l_N; MeZO/AdaMeZO: all 2n at once), and every rank
+/// applies the identical update, so the replicas stay bit-identical.
 /// Averaging shard losses equals the loss of the global batch when the shards have equal sizes.
 ///
 /// ```
@@ -302,10 +306,15 @@ class DataParallel {
     try {
       loss = optimizer_.step(closure);
     } catch (...) {
-      // An error after this step's all-reduce (e.g. NonFinite::Throw) is the same on every rank and
-      // leaves the group in step; one before it means this rank skipped a collective the others ran.
-      if (state_->stats.loss_reductions == reductions) {
-        broken_ = "step " + std::to_string(index) + " failed on this rank before its losses were all-reduced";
+      // The one error every rank raises at the same point is the non-finite policy's, decided on the
+      // all-reduced losses (FZOO checks l_0 after its own all-reduce, then l_1..l_N after a second).
+      // Any other error (the closure, a failed collective) is this rank's alone: the others go on to
+      // a collective this rank skipped, or apply an update this rank did not.
+      const bool reduced = state_->stats.loss_reductions > reductions;
+      const bool nonfinite = reduced && state_->last_losses.defined() && !at::isfinite(state_->last_losses).all().item<bool>();
+      if (!nonfinite) {
+        broken_ = "step " + std::to_string(index) + " failed on this rank apart from the group (" +
+                  (reduced ? "after" : "before") + " an all-reduce of its losses)";
       }
       throw;
     }
@@ -408,6 +417,7 @@ class DataParallel {
         group, "the all-reduce of the losses of step " + std::to_string(state.step_index()),
         [&] { return group.allreduce(payload, sum); });
     losses = payload.front().div_(static_cast<double>(group.size()));
+    state.last_losses = losses;
     auto& s = state.stats;
     ++s.loss_reductions;
     s.loss_bytes = payload.front().numel() * payload.front().element_size();

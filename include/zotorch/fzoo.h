@@ -26,6 +26,9 @@ struct FZOOOptions : public torch::optim::OptimizerCloneableOptions<FZOOOptions>
   /// Unbiased rounding of float16/bfloat16 parameters (no effect on float32/float64).
   TORCH_ARG(bool, stochastic_rounding) = true;
   TORCH_ARG(NonFinite, on_nonfinite) = NonFinite::Skip;
+  /// Also perturb and update parameters with requires_grad() == false, which are frozen (skipped)
+  /// by default (docs/optimizers.md "Frozen parameters").
+  TORCH_ARG(bool, include_frozen) = false;
 
  public:
   void serialize(torch::serialize::OutputArchive& archive) const override {
@@ -53,7 +56,8 @@ struct FZOOParamState : public torch::optim::OptimizerCloneableParamState<FZOOPa
   void serialize(torch::serialize::InputArchive& archive) override { detail::read_common_state(*this, archive); }
 };
 
-/// FZOO: fast zeroth-order optimizer. N + 1 forward passes and N + 1 sweeps per step, zero bytes
+/// FZOO: fast zeroth-order optimizer. N + 1 forward passes and N + 1 sweeps per step (one forward
+/// pass when l_0 is not finite), zero bytes
 /// of optimizer memory per parameter; a normalised-SGD step whose length does not depend on the loss scale.
 class FZOO : public ZerothOrderOptimizer<FZOO, FZOOOptions, FZOOParamState> {
  public:
@@ -80,8 +84,10 @@ class FZOO : public ZerothOrderOptimizer<FZOO, FZOOOptions, FZOOParamState> {
   void run_step(Step& step) {
     const double eps = options_of(0).eps();
     const int64_t n = options_of(0).num_perturbations();
-    // 1. l_0 = L(θ), unperturbed.
+    // 1. l_0 = L(θ), unperturbed. A non-finite l_0 ends the step here, before the N probes
+    // (losses() throws; with a loss reducer every rank sees the same reduced l_0 and stops too).
     step.evaluate();
+    step.losses();
     // 2. for i = 1..N: θ ← θ + ε(u_i − u_{i−1}), one sweep per probe; l_i = L(θ). u_i is probe i−1.
     for (int64_t i = 1; i <= n; ++i) {
       step.sweep_to({{static_cast<uint32_t>(i - 1), eps}});

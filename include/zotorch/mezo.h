@@ -23,6 +23,9 @@ struct MeZOOptions : public torch::optim::OptimizerCloneableOptions<MeZOOptions>
   /// Unbiased rounding of float16/bfloat16 parameters (no effect on float32/float64).
   TORCH_ARG(bool, stochastic_rounding) = true;
   TORCH_ARG(NonFinite, on_nonfinite) = NonFinite::Skip;
+  /// Also perturb and update parameters with requires_grad() == false, which are frozen (skipped)
+  /// by default (docs/optimizers.md "Frozen parameters").
+  TORCH_ARG(bool, include_frozen) = false;
 
  public:
   void serialize(torch::serialize::OutputArchive& archive) const override {

@@ -8,6 +8,7 @@
 #include <zotorch/noise.h>
 
 #include <torch/nn/module.h>
+#include <torch/nn/modules/dropout.h>
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 #include <torch/ordered_dict.h>
@@ -22,6 +23,7 @@
 #include <functional>
 #include <limits>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <unordered_set>
 #include <utility>
@@ -53,15 +55,59 @@ struct StepReport {
   double closure_seconds = 0;  ///< wall time spent inside the closure (host clock)
 };
 
-/// Parameters named like biases or normalisation weights, which MeZO exempts from weight decay:
-/// names containing "bias", "layer_norm", "layernorm" or "norm" (case-insensitive).
-inline bool is_no_decay_name(const std::string& name) {
+namespace detail {
+inline bool name_contains_any(const std::string& name, std::initializer_list<const char*> markers) {
   std::string lower(name);
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
-  for (const char* marker : {"bias", "layer_norm", "layernorm", "norm"}) {
+  for (const char* marker : markers) {
     if (lower.find(marker) != std::string::npos) return true;
   }
   return false;
+}
+}  // namespace detail
+
+/// MeZO's weight-decay exemption, exactly: names containing "bias", "layer_norm" or "layernorm"
+/// (case-insensitive). Matches BERT/RoBERTa/OPT names (`...LayerNorm.weight`, `self_attn_layer_norm`)
+/// and Llama's `input_layernorm` / `post_attention_layernorm`, but not Llama's final `model.norm.weight`:
+/// use is_no_decay_name_or_norm for such models (docs/optimizers.md "Weight decay").
+inline bool is_no_decay_name(const std::string& name) {
+  return detail::name_contains_any(name, {"bias", "layer_norm", "layernorm"});
+}
+
+/// is_no_decay_name, plus every name containing "norm" (case-insensitive): for Llama-style models
+/// whose RMSNorm gains are named `model.norm.weight`, `input_layernorm.weight`, ... RMSNorm gains
+/// are scale parameters like LayerNorm's: decaying them toward 0 shrinks the activations.
+inline bool is_no_decay_name_or_norm(const std::string& name) {
+  return detail::name_contains_any(name, {"bias", "norm"});
+}
+
+/// Detects the case where a perturbed forward pass compares two different dropout masks: `model`
+/// or one of its submodules is in training mode and is a Dropout, Dropout2d, Dropout3d,
+/// AlphaDropout or FeatureAlphaDropout module with p > 0. Returns true, after one TORCH_WARN that
+/// names those modules, if so. Zeroth-order steps need model->eval() (docs/optimizers.md "Eval
+/// mode"). Dropout called functionally inside forward() (torch::dropout(x, p, is_training()))
+/// cannot be detected.
+inline bool warn_if_dropout_active(const torch::nn::Module& model) {
+  std::vector<std::string> active;
+  model.apply([&](const std::string& name, const torch::nn::Module& module) {
+    if (!module.is_training()) return;
+    double p = 0;
+    if (const auto* d = dynamic_cast<const torch::nn::DropoutImpl*>(&module)) p = d->options.p();
+    else if (const auto* d2 = dynamic_cast<const torch::nn::Dropout2dImpl*>(&module)) p = d2->options.p();
+    else if (const auto* d3 = dynamic_cast<const torch::nn::Dropout3dImpl*>(&module)) p = d3->options.p();
+    else if (const auto* a = dynamic_cast<const torch::nn::AlphaDropoutImpl*>(&module)) p = a->options.p();
+    else if (const auto* f = dynamic_cast<const torch::nn::FeatureAlphaDropoutImpl*>(&module)) p = f->options.p();
+    if (p > 0) active.push_back(name.empty() ? std::string("<root>") : name);
+  });
+  if (active.empty()) return false;
+  std::ostringstream names;
+  for (size_t i = 0; i < active.size() && i < 5; ++i) names << (i ? ", " : "") << active[i];
+  if (active.size() > 5) names << ", ... (" << active.size() << " in all)";
+  TORCH_WARN("zotorch: ", active.size(), " dropout module(s) with p > 0 are in training mode (", names.str(),
+             "): each perturbed forward pass would draw another dropout mask, and the loss differences the "
+             "optimizer uses would measure the masks, not the perturbation. Call model->eval() before training "
+             "with a zeroth-order optimizer");
+  return true;
 }
 
 /// Splits named parameters into a decay group (options as given) and a no-decay group (same
@@ -122,6 +168,7 @@ void write_common_options(const Options& o, torch::serialize::OutputArchive& arc
   archive.write("seed", c10::IValue(static_cast<int64_t>(o.seed())));
   archive.write("stochastic_rounding", c10::IValue(o.stochastic_rounding()));
   archive.write("on_nonfinite", c10::IValue(static_cast<int64_t>(o.on_nonfinite())));
+  archive.write("include_frozen", c10::IValue(o.include_frozen()));
 }
 
 inline c10::IValue read_field(torch::serialize::InputArchive& archive, const char* name) {
@@ -141,6 +188,7 @@ void read_common_options(Options& o, torch::serialize::InputArchive& archive) {
   const int64_t policy = read_field(archive, "on_nonfinite").toInt();
   TORCH_CHECK(policy == 0 || policy == 1, "zotorch: checkpoint has an unknown on_nonfinite value ", policy);
   o.on_nonfinite(static_cast<NonFinite>(policy));
+  o.include_frozen(read_field(archive, "include_frozen").toBool());
 }
 
 /// The counters every optimizer's global state has.
@@ -231,6 +279,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     } else {
       static_cast<Derived&>(*this).commit(state, step);
     }
+    // Only the swept tensors changed; frozen ones keep their version.
     for (const auto& entry : table_.entries) entry.tensor.unsafeGetTensorImpl()->bump_version();
     step.report_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     last_step_ = std::move(step.report_);
@@ -243,7 +292,8 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
   /// process group; any other use must also be deterministic, since the update follows from it.
   using LossReducer = std::function<void(at::Tensor& losses)>;
 
-  /// Sets (or, with nullptr, removes) the loss reducer; it is called once per step.
+  /// Sets (or, with nullptr, removes) the loss reducer; it is called once per batch of new losses
+  /// the method reads: twice per FZOO step (l_0, then l_1..l_N), once per MeZO/AdaMeZO step.
   void set_loss_reducer(LossReducer reducer) { loss_reducer_ = std::move(reducer); }
   /// The loss reducer in use (empty when none).
   const LossReducer& loss_reducer() const { return loss_reducer_; }
@@ -257,13 +307,18 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
   /// Steps taken so far, the position in the seed's direction stream.
   int64_t steps() const { return global_state().step(); }
 
+  /// Writes the optimizer's state and the parameter layout it applies to (count, shapes, dtypes
+  /// and which tensor_ids are trained), which load() checks: directions depend on tensor_id.
   void save(torch::serialize::OutputArchive& archive) const override {
     torch::optim::serialize<ParamState, Options>(archive, *this);
+    write_layout(archive, layout(options_of(0).include_frozen()));
   }
 
   /// Loads a checkpoint written by save(). A damaged or foreign checkpoint throws and leaves this
-  /// optimizer exactly as it was: the archive is read into a scratch optimizer first.
+  /// optimizer exactly as it was: the archive is read into a scratch optimizer first. A checkpoint
+  /// saved over another parameter layout (count, shapes, dtypes, trained tensors) is refused.
   void load(torch::serialize::InputArchive& archive) override {
+    const Layout saved = read_layout(archive);
     std::vector<torch::optim::OptimizerParamGroup> groups;
     for (const auto& group : param_groups_) groups.emplace_back(group.params(), group.options().clone());
     Derived scratch(groups, static_cast<const Options&>(*defaults_));
@@ -272,7 +327,8 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     for (size_t g = 0; g < scratch.param_groups_.size(); ++g) {
       Derived::check_options(scratch.options_of(g), g);
     }
-    const auto key = detail::state_key(table_.entries.front().tensor);
+    check_layout(saved, layout(scratch.options_of(0).include_frozen()));
+    const auto key = detail::state_key(first_param());
     auto found = scratch.state_.find(key);
     TORCH_CHECK(found != scratch.state_.end() && found->second != nullptr, Derived::kName,
                 ": checkpoint holds no optimizer state for these parameters; was it saved by a ", Derived::kName,
@@ -317,7 +373,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
 
     /// The losses of all forward passes so far, as doubles. Throws NonFiniteLoss if one is not finite.
     /// With a loss reducer set, the new losses pass through it first (once per call that has new
-    /// losses; every method calls this once per step), and the reduced values are what the method,
+    /// losses: FZOO calls this after l_0 and after l_N, MeZO/AdaMeZO once), and the reduced values are what the method,
     /// the non-finite check, loss_tensors() and step()'s result see.
     const std::vector<double>& losses() {
       if (!pending_.empty()) {
@@ -452,8 +508,10 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
   const Options& options_of(size_t group) const { return static_cast<const Options&>(param_groups_.at(group).options()); }
   Options& options_of(size_t group) { return static_cast<Options&>(param_groups_.at(group).options()); }
 
+  /// The optimizer's one state object, kept under the first tensor of the full parameter list
+  /// (frozen or not), so that freezing or unfreezing tensors never moves it.
   ParamState& global_state() {
-    const auto key = detail::state_key(table_.entries.front().tensor);
+    const auto key = detail::state_key(first_param());
     auto& slot = state_[key];
     if (!slot) slot = std::make_unique<ParamState>();
     return static_cast<ParamState&>(*slot);
@@ -462,7 +520,8 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     return const_cast<ZerothOrderOptimizer&>(*this).global_state();
   }
 
-  /// The flattened parameter list, in param_groups order; rebuilt when the groups change.
+  /// The swept (trained) tensors, each with tensor_id = its index in the flattened param_groups
+  /// list, frozen tensors included; rebuilt when the groups, a tensor or its requires_grad change.
   const detail::ParamTable& table() const { return table_; }
 
  private:
@@ -477,44 +536,108 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
       require_shared("seed", first.seed(), o.seed(), g);
       require_shared("stochastic_rounding", first.stochastic_rounding(), o.stochastic_rounding(), g);
       require_shared("on_nonfinite", static_cast<int64_t>(first.on_nonfinite()), static_cast<int64_t>(o.on_nonfinite()), g);
+      require_shared("include_frozen", first.include_frozen(), o.include_frozen(), g);
       Derived::check_shared_options(first, o, g);
     }
   }
 
-  /// Validates the parameters and (re)builds the table when the list of tensors changed.
+  /// What the fast path of refresh_table() compares: anything whose change needs the checks again
+  /// (a partial model->to(...) swaps a tensor's data in place: same TensorImpl, other device).
+  struct Signature {
+    const c10::TensorImpl* impl = nullptr;
+    int32_t group = 0;
+    bool swept = false;
+    c10::Device device = c10::Device(c10::kCPU);
+    at::ScalarType dtype = at::kFloat;
+    bool contiguous = false;
+    int64_t numel = 0;
+    const void* storage = nullptr;
+    int64_t offset = 0;
+
+    static Signature of(const at::Tensor& p, int32_t group, bool include_frozen) {
+      Signature s;
+      s.impl = p.unsafeGetTensorImpl();
+      s.group = group;
+      if (!p.defined()) return s;
+      s.swept = include_frozen || p.requires_grad();
+      s.device = p.device();
+      s.dtype = p.scalar_type();
+      s.contiguous = p.is_contiguous();
+      s.numel = p.numel();
+      if (p.has_storage()) {
+        s.storage = p.storage().unsafeGetStorageImpl();
+        s.offset = p.storage_offset();
+      }
+      return s;
+    }
+    bool operator==(const Signature& o) const {
+      return impl == o.impl && group == o.group && swept == o.swept && device == o.device && dtype == o.dtype &&
+             contiguous == o.contiguous && numel == o.numel && storage == o.storage && offset == o.offset;
+    }
+  };
+
+  /// The first tensor of the flattened parameter list: the global state's key.
+  const at::Tensor& first_param() const {
+    const at::Tensor* first = nullptr;
+    for (const auto& group : param_groups_) {
+      if (first == nullptr && !group.params().empty()) first = &group.params().front();
+    }
+    TORCH_CHECK(first != nullptr, Derived::kName, ": no parameters to optimise; pass model->parameters()");
+    return *first;
+  }
+
+  /// Re-evaluates which tensors are swept (requires_grad, or include_frozen) and that each is still
+  /// sweepable on the table's device; a cheap comparison per tensor when nothing changed, else the
+  /// full checks and a new table. Frozen tensors keep their tensor_id slot (docs/optimizers.md
+  /// "Frozen parameters"), so a tensor's directions do not depend on what else is frozen.
   void refresh_table() {
+    const bool include_frozen = options_of(0).include_frozen();
     size_t count = 0;
-    bool same = true;
-    for (size_t g = 0; g < param_groups_.size(); ++g) {
+    bool same = !table_.entries.empty();
+    for (size_t g = 0; g < param_groups_.size() && same; ++g) {
       for (const auto& p : param_groups_[g].params()) {
-        same = same && count < table_.entries.size() && table_.entries[count].tensor.is_same(p) &&
-               table_.entries[count].group == static_cast<int32_t>(g) && p.is_contiguous();
+        same = p.defined() && count < signature_.size() &&
+               signature_[count] == Signature::of(p, static_cast<int32_t>(g), include_frozen);
+        if (!same) break;
         ++count;
       }
     }
-    if (same && count == table_.entries.size() && count > 0) return;
+    if (same && count == signature_.size()) return;
     detail::ParamTable fresh;
+    std::vector<Signature> signature;
     std::unordered_set<const void*> seen;
+    size_t index = 0;
     for (size_t g = 0; g < param_groups_.size(); ++g) {
       for (const auto& p : param_groups_[g].params()) {
-        const size_t index = fresh.entries.size();
-        detail::check_sweepable(p, Derived::kName, index);
+        TORCH_CHECK(p.defined(), Derived::kName, ": parameter ", index, " is an undefined tensor");
         TORCH_CHECK(seen.insert(p.unsafeGetTensorImpl()).second, Derived::kName, ": parameter ", index,
                     " appears twice in the param groups; pass each tensor once");
-        if (!fresh.entries.empty()) {
-          const auto& first = fresh.entries.front().tensor;
-          TORCH_CHECK(p.device() == first.device(), Derived::kName, ": parameter ", index, " is on ", p.device(),
-                      " but parameter 0 is on ", first.device(), "; move the model to one device (model->to(device))");
+        signature.push_back(Signature::of(p, static_cast<int32_t>(g), include_frozen));
+        if (signature.back().swept) {
+          if (!fresh.entries.empty()) {
+            // All swept tensors share one device (one sweep, one backend).
+            const auto& first = fresh.entries.front();
+            TORCH_CHECK(p.device() == first.tensor.device(), Derived::kName, ": parameter ", index, " is on ",
+                        p.device(), " but parameter ", first.tensor_id, " is on ", first.tensor.device(),
+                        "; move the whole model to one device (model->to(device)), then step");
+          }
+          detail::check_sweepable(p, Derived::kName, index);
+          fresh.entries.push_back({p, static_cast<uint32_t>(index), static_cast<int32_t>(g)});
         }
-        fresh.entries.push_back({p, static_cast<uint32_t>(index), static_cast<int32_t>(g)});
+        ++index;
       }
     }
-    TORCH_CHECK(!fresh.entries.empty(), Derived::kName, ": no parameters to optimise; pass model->parameters()");
-    TORCH_CHECK(fresh.entries.size() <= size_t{0xFFFFFFFF}, Derived::kName, ": too many parameters");
-    // Keep the global state under the (possibly new) first parameter.
-    if (!table_.entries.empty()) {
-      const auto old_key = detail::state_key(table_.entries.front().tensor);
-      const auto new_key = detail::state_key(fresh.entries.front().tensor);
+    TORCH_CHECK(index > 0, Derived::kName, ": no parameters to optimise; pass model->parameters()");
+    TORCH_CHECK(index <= size_t{0xFFFFFFFF}, Derived::kName, ": too many parameters");
+    TORCH_CHECK(!fresh.entries.empty(), Derived::kName, ": none of the ", index,
+                " parameters is trainable: all have requires_grad() == false, and frozen parameters are neither "
+                "perturbed nor updated. Call requires_grad_(true) on the tensors to train (module parameters have it "
+                "by default), or pass include_frozen(true) in the options to train every tensor");
+    check_no_overlap(signature);
+    // Keep the global state under the first tensor of the (possibly changed) full list.
+    if (!table_.entries.empty() && state_owner_.defined()) {
+      const auto old_key = detail::state_key(state_owner_);
+      const auto new_key = detail::state_key(first_param());
       if (old_key != new_key) {
         auto found = state_.find(old_key);
         if (found != state_.end()) {
@@ -524,10 +647,156 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
         }
       }
     }
+    state_owner_ = first_param();
     table_ = std::move(fresh);
+    signature_ = std::move(signature);
+  }
+
+  /// Refuses two tensors that share memory when one of them is swept: a sweep of one would move
+  /// the other. Non-overlapping views of one storage (two halves of a buffer) are fine.
+  void check_no_overlap(const std::vector<Signature>& signature) const {
+    struct Span {
+      const void* storage;
+      int64_t begin, end;
+      size_t index;
+      bool swept;
+    };
+    std::vector<Span> spans;
+    size_t index = 0;
+    for (const auto& group : param_groups_) {
+      for (const auto& p : group.params()) {
+        const Signature& s = signature[index];
+        if (s.storage != nullptr && p.numel() > 0 && p.device().type() != c10::kMeta) {
+          // Element extent in the storage; exact for the contiguous swept tensors.
+          int64_t last = p.storage_offset();
+          for (int64_t d = 0; d < p.dim(); ++d) last += (p.size(d) - 1) * std::max<int64_t>(p.stride(d), 0);
+          const int64_t size = static_cast<int64_t>(p.element_size());
+          spans.push_back({s.storage, p.storage_offset() * size, (last + 1) * size, index, s.swept});
+        }
+        ++index;
+      }
+    }
+    std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
+      return a.storage != b.storage ? std::less<const void*>()(a.storage, b.storage) : a.begin < b.begin;
+    });
+    const Span* reach_all = nullptr;    // the span reaching furthest so far in this storage
+    const Span* reach_swept = nullptr;  // the same among swept tensors
+    for (const Span& span : spans) {
+      if (reach_all != nullptr && reach_all->storage != span.storage) reach_all = reach_swept = nullptr;
+      const Span* other = span.swept ? reach_all : reach_swept;
+      if (other != nullptr && span.begin < other->end) {
+        const size_t a = std::min(other->index, span.index), b = std::max(other->index, span.index);
+        TORCH_CHECK(false, Derived::kName, ": parameters ", a, " and ", b,
+                    " are views of overlapping memory (bytes [", other->begin, ", ", other->end, ") and [", span.begin,
+                    ", ", span.end, ") of one storage); perturbing one would change the other. Pass each weight once "
+                    "(a tied weight as one tensor), or make the views disjoint");
+      }
+      if (reach_all == nullptr || span.end > reach_all->end) reach_all = &span;
+      if (span.swept && (reach_swept == nullptr || span.end > reach_swept->end)) reach_swept = &span;
+    }
+  }
+
+  /// The parameter layout a checkpoint is valid for.
+  struct Layout {
+    std::vector<int64_t> dtypes, dims, sizes, trained;
+  };
+
+  Layout layout(bool include_frozen) const {
+    Layout l;
+    int64_t index = 0;
+    for (const auto& group : param_groups_) {
+      for (const auto& p : group.params()) {
+        l.dtypes.push_back(p.defined() ? static_cast<int64_t>(p.scalar_type()) : -1);
+        l.dims.push_back(p.defined() ? p.dim() : 0);
+        if (p.defined()) l.sizes.insert(l.sizes.end(), p.sizes().begin(), p.sizes().end());
+        if (p.defined() && (include_frozen || p.requires_grad())) l.trained.push_back(index);
+        ++index;
+      }
+    }
+    return l;
+  }
+
+  static void write_layout(torch::serialize::OutputArchive& archive, const Layout& l) {
+    archive.write("zotorch_layout_version", c10::IValue(int64_t{1}));
+    archive.write("zotorch_layout_dtypes", c10::IValue(l.dtypes));
+    archive.write("zotorch_layout_dims", c10::IValue(l.dims));
+    archive.write("zotorch_layout_sizes", c10::IValue(l.sizes));
+    archive.write("zotorch_layout_trained", c10::IValue(l.trained));
+  }
+
+  static Layout read_layout(torch::serialize::InputArchive& archive) {
+    c10::IValue version;
+    TORCH_CHECK(archive.try_read("zotorch_layout_version", version), Derived::kName,
+                ": the checkpoint records no parameter layout: it was written by an older zotorch (or is not an "
+                "optimizer checkpoint). Such checkpoints are not loaded, since a different parameter list would "
+                "silently change every direction; restart from the model weights, or save it again with this version");
+    TORCH_CHECK(version.isInt() && version.toInt() == 1, Derived::kName, ": unknown checkpoint layout version ",
+                version);
+    auto list = [&](const char* name) {
+      const c10::IValue v = detail::read_field(archive, name);
+      TORCH_CHECK(v.isIntList(), Derived::kName, ": checkpoint field '", name, "' is not a list of integers");
+      return v.toIntVector();
+    };
+    Layout l;
+    l.dtypes = list("zotorch_layout_dtypes");
+    l.dims = list("zotorch_layout_dims");
+    l.sizes = list("zotorch_layout_sizes");
+    l.trained = list("zotorch_layout_trained");
+    int64_t total_dims = 0;
+    for (int64_t d : l.dims) {
+      TORCH_CHECK(d >= 0 && d <= 64, Derived::kName, ": checkpoint layout has a tensor of ", d, " dimensions");
+      total_dims += d;
+    }
+    TORCH_CHECK(l.dtypes.size() == l.dims.size() && total_dims == static_cast<int64_t>(l.sizes.size()), Derived::kName,
+                ": checkpoint layout is inconsistent (", l.dtypes.size(), " dtypes, ", l.dims.size(), " ranks, ",
+                l.sizes.size(), " sizes)");
+    return l;
+  }
+
+  static std::string describe(const Layout& l, size_t i, size_t first_size) {
+    std::ostringstream out;
+    out << (l.dtypes[i] < 0 ? std::string("undefined") : c10::toString(static_cast<at::ScalarType>(l.dtypes[i]))) << " [";
+    for (int64_t d = 0; d < l.dims[i]; ++d) out << (d ? ", " : "") << l.sizes[first_size + static_cast<size_t>(d)];
+    out << "]";
+    return out.str();
+  }
+
+  static std::string id_list(const std::vector<int64_t>& ids) {
+    std::ostringstream out;
+    out << "{";
+    for (size_t i = 0; i < ids.size() && i < 12; ++i) out << (i ? ", " : "") << ids[i];
+    if (ids.size() > 12) out << ", ... (" << ids.size() << " in all)";
+    out << "}";
+    return out.str();
+  }
+
+  void check_layout(const Layout& saved, const Layout& here) const {
+    TORCH_CHECK(saved.dtypes.size() == here.dtypes.size(), Derived::kName, ": the checkpoint was saved for ",
+                saved.dtypes.size(), " parameters, this optimizer has ", here.dtypes.size(),
+                "; build it over the same parameters in the same order (same model, same param groups) as the run that "
+                "saved it: each tensor's directions depend on its index");
+    size_t a = 0, b = 0;
+    for (size_t i = 0; i < saved.dtypes.size(); ++i) {
+      const bool same = saved.dtypes[i] == here.dtypes[i] && saved.dims[i] == here.dims[i] &&
+                        std::equal(saved.sizes.begin() + static_cast<std::ptrdiff_t>(a),
+                                   saved.sizes.begin() + static_cast<std::ptrdiff_t>(a + static_cast<size_t>(saved.dims[i])),
+                                   here.sizes.begin() + static_cast<std::ptrdiff_t>(b));
+      TORCH_CHECK(same, Derived::kName, ": parameter ", i, " is ", describe(saved, i, a), " in the checkpoint but ",
+                  describe(here, i, b), " in this optimizer; build it over the same parameters in the same order as "
+                  "the run that saved the checkpoint");
+      a += static_cast<size_t>(saved.dims[i]);
+      b += static_cast<size_t>(here.dims[i]);
+    }
+    TORCH_CHECK(saved.trained == here.trained, Derived::kName, ": the checkpoint trained the parameters ",
+                id_list(saved.trained), " (indices in the parameter list), this optimizer would train ",
+                id_list(here.trained),
+                "; set requires_grad as it was when the checkpoint was saved (and the same include_frozen), load, "
+                "then change it if you mean to");
   }
 
   detail::ParamTable table_;
+  std::vector<Signature> signature_;  ///< one per tensor of the full list, frozen ones included
+  at::Tensor state_owner_;            ///< the tensor the global state is keyed under
   StepReport last_step_;
   LossReducer loss_reducer_;
 };

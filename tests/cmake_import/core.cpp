@@ -7,7 +7,7 @@
 int64_t core_fzoo_steps(const torch::Device& device, int steps) {
   torch::NoGradGuard no_grad;
   auto x = torch::randn({8, 4}, device);
-  auto w = torch::zeros({4}, device);
+  auto w = torch::zeros({4}, torch::TensorOptions(device).requires_grad(true));  // trained: requires grad
   zotorch::FZOO opt(std::vector<torch::Tensor>{w}, zotorch::FZOOOptions(1e-3).num_perturbations(4));
   for (int step = 0; step < steps; ++step) {
     opt.step([&] { return (x.matmul(w) - 1).pow(2).mean(); });

@@ -121,6 +121,8 @@ struct Problem {
     auto init = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(init_seed));
     params = {at::randn({kHidden, kInputs}, init, dtype) / 4, at::zeros({kHidden}, dtype),
               at::randn({kClasses, kHidden}, init, dtype) / 6, at::zeros({kClasses}, dtype)};
+    // Trained tensors require grad: zotorch skips frozen (requires_grad false) ones by default.
+    for (auto& p : params) p.requires_grad_(true);
   }
 
   /// Mean cross-entropy of rows [begin, end) of global batch `step`.

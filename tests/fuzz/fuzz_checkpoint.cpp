@@ -52,7 +52,9 @@ namespace {
 /// The fixed parameter list every optimizer is built over: values and shapes never change, so a
 /// real checkpoint of it loads and a mutated one exercises every check of load().
 std::vector<at::Tensor> fixed_params() {
-  return {at::linspace(-1, 1, 12).reshape({3, 4}), at::linspace(0.5, 1.5, 4), at::full({2}, 0.25)};
+  // requires_grad: zotorch trains only such tensors by default.
+  return {at::linspace(-1, 1, 12).reshape({3, 4}).requires_grad_(true), at::linspace(0.5, 1.5, 4).requires_grad_(true),
+          at::full({2}, 0.25).requires_grad_(true)};
 }
 
 at::Tensor quadratic(const std::vector<at::Tensor>& params) {
