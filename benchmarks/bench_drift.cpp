@@ -66,7 +66,7 @@ void naive_step(const zotorch::detail::ParamTable& table, zotorch::Distribution 
 template <class Optimizer, class Options>
 Drift fused_run(torch::Tensor theta, const Options& options, int64_t steps) {
   const auto before = theta.clone();
-  Optimizer opt({theta}, options);
+  Optimizer opt({theta}, Options(options).include_frozen(true));  // a plain tensor: requires_grad is false
   for (int64_t s = 0; s < steps; ++s) opt.step([&] { return theta.to(torch::kFloat).square().sum(); });
   return ulp_drift(theta, before, options.eps());
 }

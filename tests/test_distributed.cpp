@@ -103,7 +103,7 @@ struct Shards {
 
 std::vector<at::Tensor> fresh_params() {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  return {at::randn({5}, gen).requires_grad_(true), at::zeros({1}, at::TensorOptions().requires_grad(true))};
+  return {at::randn({5}, gen).requires_grad_(true), at::zeros({1}).requires_grad_(true)};
 }
 
 std::vector<at::Tensor> copies(const std::vector<at::Tensor>& params) {
@@ -228,9 +228,8 @@ TEST_CASE("DataParallel averages each step's losses over the group: equal to one
 }
 
 TEST_CASE("DataParallel broadcasts the root's parameters once at start-up, and removes its reducer when destroyed", "[distributed]") {
-  const auto trained = at::TensorOptions().requires_grad(true);
-  auto params = std::vector<at::Tensor>{at::zeros({2, 3}, trained), at::zeros({4}, trained),
-                                        at::zeros({2}, trained.dtype(at::kDouble))};
+  auto params = std::vector<at::Tensor>{at::zeros({2, 3}).requires_grad_(true), at::zeros({4}).requires_grad_(true),
+                                        at::zeros({2}, at::kDouble).requires_grad_(true)};
   zotorch::MeZO opt(params, zotorch::MeZOOptions(1e-3));
   auto group = c10::make_intrusive<ScriptedGroup>(1, 3);  // this process is rank 1; rank 0 is the root
   group->root_values = at::arange(100, at::kFloat);

@@ -323,7 +323,7 @@ class DataParallel {
   }
 
   /// Compares a fingerprint of every replica's optimizer (method, seed, eps, lr and weight decay of
-  /// each group, counters, parameter shapes and dtypes) and, with `parameters`, a checksum of the
+  /// each group, counters, parameter shapes and dtypes, which tensors are trained) and, with `parameters`, a checksum of the
   /// parameters' exact bits; throws on every rank, naming the ranks that differ from the root.
   /// Collective: all ranks must call it at the same point.
   void check_replicas(bool parameters = true) {
@@ -356,7 +356,7 @@ class DataParallel {
       broken_ = "the replicas' optimizers differ";
       TORCH_CHECK(false, "zotorch::DataParallel: at step ", optimizer_.steps(), " rank(s) ", config.str(),
                   " hold a different optimizer configuration or state than rank ", root,
-                  " (method, seed, eps, lr, weight_decay, step counters or parameter shapes): every rank must build ",
+                  " (method, seed, eps, lr, weight_decay, step counters, parameter shapes or frozen tensors): every rank must build ",
                   "the same optimizer over the same model, and a resumed run must load the same checkpoint on every rank");
     }
     if (bits.tellp() > 0) {
@@ -399,6 +399,7 @@ class DataParallel {
       h = detail::mix(h, group.params().size());
       for (const auto& p : group.params()) {
         h = detail::mix(h, static_cast<uint64_t>(p.scalar_type()));
+        h = detail::mix(h, first.include_frozen() || p.requires_grad() ? 1 : 0);  // trained or frozen
         for (int64_t s : p.sizes()) h = detail::mix(h, static_cast<uint64_t>(s));
       }
     }

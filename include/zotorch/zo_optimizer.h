@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -318,7 +319,9 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
   /// optimizer exactly as it was: the archive is read into a scratch optimizer first. A checkpoint
   /// saved over another parameter layout (count, shapes, dtypes, trained tensors) is refused.
   void load(torch::serialize::InputArchive& archive) override {
+    // The parameter list first: LibTorch's reader below would only report a group size.
     const Layout saved = read_layout(archive);
+    check_layout(saved, layout(options_of(0).include_frozen()), /*trained=*/false);
     std::vector<torch::optim::OptimizerParamGroup> groups;
     for (const auto& group : param_groups_) groups.emplace_back(group.params(), group.options().clone());
     Derived scratch(groups, static_cast<const Options&>(*defaults_));
@@ -327,7 +330,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     for (size_t g = 0; g < scratch.param_groups_.size(); ++g) {
       Derived::check_options(scratch.options_of(g), g);
     }
-    check_layout(saved, layout(scratch.options_of(0).include_frozen()));
+    check_layout(saved, layout(scratch.options_of(0).include_frozen()), /*trained=*/true);
     const auto key = detail::state_key(first_param());
     auto found = scratch.state_.find(key);
     TORCH_CHECK(found != scratch.state_.end() && found->second != nullptr, Derived::kName,
@@ -770,7 +773,9 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     return out.str();
   }
 
-  void check_layout(const Layout& saved, const Layout& here) const {
+  /// Throws unless `here` has the tensors of `saved` (count, shapes, dtypes) and, with `trained`,
+  /// trains the same ones.
+  void check_layout(const Layout& saved, const Layout& here, bool trained) const {
     TORCH_CHECK(saved.dtypes.size() == here.dtypes.size(), Derived::kName, ": the checkpoint was saved for ",
                 saved.dtypes.size(), " parameters, this optimizer has ", here.dtypes.size(),
                 "; build it over the same parameters in the same order (same model, same param groups) as the run that "
@@ -787,7 +792,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
       a += static_cast<size_t>(saved.dims[i]);
       b += static_cast<size_t>(here.dims[i]);
     }
-    TORCH_CHECK(saved.trained == here.trained, Derived::kName, ": the checkpoint trained the parameters ",
+    TORCH_CHECK(!trained || saved.trained == here.trained, Derived::kName, ": the checkpoint trained the parameters ",
                 id_list(saved.trained), " (indices in the parameter list), this optimizer would train ",
                 id_list(here.trained),
                 "; set requires_grad as it was when the checkpoint was saved (and the same include_frozen), load, "
