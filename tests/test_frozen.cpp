@@ -1,5 +1,5 @@
-// Frozen parameters (requires_grad false) and the parameter layout a checkpoint records:
-// docs/optimizers.md "Frozen parameters" and "Checkpoints".
+// Frozen parameters (requires_grad false), docs/optimizers.md "Frozen parameters", and the
+// parameter layout a checkpoint records, docs/optimizers.md "Resume".
 #include "optimizer_support.h"
 
 #include <catch2/catch.hpp>

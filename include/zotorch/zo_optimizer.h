@@ -85,9 +85,9 @@ inline bool is_no_decay_name_or_norm(const std::string& name) {
 /// Detects the case where a perturbed forward pass compares two different dropout masks: `model`
 /// or one of its submodules is in training mode and is a Dropout, Dropout2d, Dropout3d,
 /// AlphaDropout or FeatureAlphaDropout module with p > 0. Returns true, after one TORCH_WARN that
-/// names those modules, if so. Zeroth-order steps need model->eval() (docs/optimizers.md "Eval
-/// mode"). Dropout called functionally inside forward() (torch::dropout(x, p, is_training()))
-/// cannot be detected.
+/// names those modules, if so. Zeroth-order steps need model->eval():
+/// docs/optimizers.md "Eval mode". Dropout called functionally inside forward()
+/// (torch::dropout(x, p, is_training())) cannot be detected.
 inline bool warn_if_dropout_active(const torch::nn::Module& model) {
   std::vector<std::string> active;
   model.apply([&](const std::string& name, const torch::nn::Module& module) {
