@@ -307,7 +307,8 @@ int train(const Args& a, const Launch& l, const c10::intrusive_ptr<c10d::Backend
   const int64_t start_step = a.resume ? resume(out, l, group, net, opt, device) : 0;
   if (start_step > 0) log("  resumed from " + (out / "checkpoint.ckpt").string() + " at step " + std::to_string(start_step));
 
-  // The wrapper: broadcast of rank 0's parameters, start-up check, then one all-reduce per step.
+  // The wrapper: broadcast of rank 0's parameters, start-up check, then the step's loss all-reduces
+  // (FZOO: l_0, then l_1..l_N).
   const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(a.timeout * 1000));
   std::unique_ptr<zotorch::DataParallel<Opt>> parallel;
   if (group) {
