@@ -1,14 +1,16 @@
-// Parameter drift from perturb-and-restore alone (lr = 0), per method and dtype: zotorch's fused
+// Parameter drift from perturb-and-restore alone (lr = 0), per ε, method and dtype: zotorch's fused
 // sweeps against the naive sequence of separate perturb and restore sweeps the reference code runs.
 // Prints one JSON object per line, then a table. docs/reliability.md records a run.
 #include <zotorch/zotorch.h>
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -75,15 +77,44 @@ Drift fused_run(torch::Tensor theta, const Options& options, int64_t steps) {
 
 int main(int argc, char** argv) {
   int64_t steps = 10000, numel = 1 << 16;
+  // Powers of two and not: with ε a power of two every perturbed value of a weight near ε is exact.
+  std::vector<double> eps_values = {1e-3, 1e-2, 3e-4, std::ldexp(1.0, -10)};
+  std::vector<std::string> methods = {"mezo", "fzoo", "adamezo"};
   const char* usage =
-      "usage: bench_drift [--steps N] [--numel N] [--smoke]\n"
-      "  lr = 0 perturb/restore drift in ulps per method and dtype, fused sweeps against separate\n"
-      "  perturb and restore sweeps (defaults: 10000 steps, 65536 weights; --smoke: 20 steps, 1024)\n";
+      "usage: bench_drift [--steps N] [--numel N] [--eps E[,E...]] [--methods mezo,fzoo,adamezo] [--smoke]\n"
+      "  lr = 0 perturb/restore drift in ulps per eps, method and dtype, fused sweeps against separate\n"
+      "  perturb and restore sweeps (defaults: 10000 steps, 65536 weights, eps 1e-3,1e-2,3e-4,2^-10;\n"
+      "  --smoke: 20 steps, 1024 weights)\n";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--steps") && i + 1 < argc) {
       steps = std::atoll(argv[++i]);
     } else if (!std::strcmp(argv[i], "--numel") && i + 1 < argc) {
       numel = std::atoll(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--eps") && i + 1 < argc) {
+      eps_values.clear();
+      std::stringstream list(argv[++i]);
+      std::string item;
+      while (std::getline(list, item, ',')) {
+        char* end = nullptr;
+        const double value = std::strtod(item.c_str(), &end);
+        if (end == item.c_str() || *end != '\0' || !(value > 0) || !std::isfinite(value)) {
+          std::cerr << "bench_drift: --eps takes positive numbers separated by commas, got '" << item << "'\n" << usage;
+          return 2;
+        }
+        eps_values.push_back(value);
+      }
+    } else if (!std::strcmp(argv[i], "--methods") && i + 1 < argc) {
+      methods.clear();
+      std::stringstream list(argv[++i]);
+      std::string item;
+      while (std::getline(list, item, ',')) {
+        if (item != "mezo" && item != "fzoo" && item != "adamezo") {
+          std::cerr << "bench_drift: --methods takes mezo, fzoo, adamezo separated by commas, got '" << item << "'\n"
+                    << usage;
+          return 2;
+        }
+        methods.push_back(item);
+      }
     } else if (!std::strcmp(argv[i], "--smoke")) {
       steps = 20, numel = 1024;
     } else if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
@@ -94,58 +125,60 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (steps < 1 || numel < 1) {
-    std::cerr << "bench_drift: --steps and --numel must be positive\n" << usage;
+  if (steps < 1 || numel < 1 || eps_values.empty() || methods.empty()) {
+    std::cerr << "bench_drift: --steps and --numel must be positive, --eps and --methods not empty\n" << usage;
     return 2;
   }
-  const double eps = 1e-3;
   struct Row {
+    double eps;
     std::string method, dtype;
     bool stochastic;
     Drift fused, naive;
   };
   std::vector<Row> rows;
-  for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
-    for (const bool stochastic : {false, true}) {
-      if (dtype == torch::kFloat && stochastic) continue;  // no effect on float32
-      for (const std::string method : {"mezo", "fzoo", "adamezo"}) {
-        // LLM-like weights: N(0, 0.02), rounded to the dtype once.
-        auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
-        const auto initial = (torch::randn({numel}, gen) * 0.02).to(dtype);
-        Row row{method, torch::toString(dtype), stochastic, {}, {}};
-        const uint64_t seed = 11;
-        if (method == "mezo") {
-          row.fused = fused_run<zotorch::MeZO>(initial.clone(), zotorch::MeZOOptions(0.0).eps(eps).seed(seed).stochastic_rounding(stochastic), steps);
-        } else if (method == "fzoo") {
-          row.fused = fused_run<zotorch::FZOO>(initial.clone(), zotorch::FZOOOptions(0.0).eps(eps).seed(seed).stochastic_rounding(stochastic), steps);
-        } else {
-          row.fused = fused_run<zotorch::AdaMeZO>(initial.clone(), zotorch::AdaMeZOOptions(0.0).eps(eps).seed(seed).stochastic_rounding(stochastic), steps);
+  for (const double eps : eps_values) {
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf}) {
+      for (const bool stochastic : {false, true}) {
+        if (dtype == torch::kFloat && stochastic) continue;  // no effect on float32
+        for (const std::string& method : methods) {
+          // LLM-like weights: N(0, 0.02), rounded to the dtype once.
+          auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+          const auto initial = (torch::randn({numel}, gen) * 0.02).to(dtype);
+          Row row{eps, method, torch::toString(dtype), stochastic, {}, {}};
+          const uint64_t seed = 11;
+          if (method == "mezo") {
+            row.fused = fused_run<zotorch::MeZO>(initial.clone(), zotorch::MeZOOptions(0.0).eps(eps).seed(seed).stochastic_rounding(stochastic), steps);
+          } else if (method == "fzoo") {
+            row.fused = fused_run<zotorch::FZOO>(initial.clone(), zotorch::FZOOOptions(0.0).eps(eps).seed(seed).stochastic_rounding(stochastic), steps);
+          } else {
+            row.fused = fused_run<zotorch::AdaMeZO>(initial.clone(), zotorch::AdaMeZOOptions(0.0).eps(eps).seed(seed).stochastic_rounding(stochastic), steps);
+          }
+          zotorch::detail::ParamTable table;
+          table.entries.push_back({initial.clone(), 0, 0});
+          const bool fzoo = method == "fzoo";
+          for (int64_t s = 0; s < steps; ++s) {
+            naive_step(table, fzoo ? zotorch::Distribution::Rademacher : zotorch::Distribution::Gaussian,
+                       zotorch::step_key(seed, static_cast<uint64_t>(s)), fzoo ? 8 : 1, !fzoo, eps, stochastic,
+                       static_cast<uint64_t>(s));
+          }
+          row.naive = ulp_drift(table.entries[0].tensor, initial, eps);
+          std::printf(
+              "{\"method\":\"%s\",\"dtype\":\"%s\",\"stochastic_rounding\":%s,\"steps\":%lld,\"numel\":%lld,\"eps\":%g,"
+              "\"fused_max_ulps\":%.0f,\"fused_mean_ulps\":%.4f,\"naive_max_ulps\":%.0f,\"naive_mean_ulps\":%.4f,"
+              "\"fused_max_ulps_of_perturbed\":%.2f,\"naive_max_ulps_of_perturbed\":%.2f}\n",
+              row.method.c_str(), row.dtype.c_str(), stochastic ? "true" : "false", static_cast<long long>(steps),
+              static_cast<long long>(numel), eps, row.fused.max_ulps, row.fused.mean_ulps, row.naive.max_ulps,
+              row.naive.mean_ulps, row.fused.max_scaled, row.naive.max_scaled);
+          std::fflush(stdout);
+          rows.push_back(row);
         }
-        zotorch::detail::ParamTable table;
-        table.entries.push_back({initial.clone(), 0, 0});
-        const bool fzoo = method == "fzoo";
-        for (int64_t s = 0; s < steps; ++s) {
-          naive_step(table, fzoo ? zotorch::Distribution::Rademacher : zotorch::Distribution::Gaussian,
-                     zotorch::step_key(seed, static_cast<uint64_t>(s)), fzoo ? 8 : 1, !fzoo, eps, stochastic,
-                     static_cast<uint64_t>(s));
-        }
-        row.naive = ulp_drift(table.entries[0].tensor, initial, eps);
-        std::printf(
-            "{\"method\":\"%s\",\"dtype\":\"%s\",\"stochastic_rounding\":%s,\"steps\":%lld,\"numel\":%lld,\"eps\":%g,"
-            "\"fused_max_ulps\":%.0f,\"fused_mean_ulps\":%.4f,\"naive_max_ulps\":%.0f,\"naive_mean_ulps\":%.4f,"
-            "\"fused_max_ulps_of_perturbed\":%.2f,\"naive_max_ulps_of_perturbed\":%.2f}\n",
-            row.method.c_str(), row.dtype.c_str(), stochastic ? "true" : "false", static_cast<long long>(steps),
-            static_cast<long long>(numel), eps, row.fused.max_ulps, row.fused.mean_ulps, row.naive.max_ulps,
-            row.naive.mean_ulps, row.fused.max_scaled, row.naive.max_scaled);
-        std::fflush(stdout);
-        rows.push_back(row);
       }
     }
   }
-  std::fprintf(stderr, "\n%-8s %-9s %-4s | %10s %10s %12s | %10s %10s %12s\n", "method", "dtype", "SR", "fused max",
-               "fused mean", "max(ε-ulps)", "naive max", "naive mean", "max(ε-ulps)");
+  std::fprintf(stderr, "\n%-10s %-8s %-9s %-4s | %10s %10s %12s | %10s %10s %12s\n", "eps", "method", "dtype", "SR",
+               "fused max", "fused mean", "max(ε-ulps)", "naive max", "naive mean", "max(ε-ulps)");
   for (const auto& r : rows) {
-    std::fprintf(stderr, "%-8s %-9s %-4s | %10.0f %10.4f %12.2f | %10.0f %10.4f %12.2f\n", r.method.c_str(),
+    std::fprintf(stderr, "%-10g %-8s %-9s %-4s | %10.0f %10.4f %12.2f | %10.0f %10.4f %12.2f\n", r.eps, r.method.c_str(),
                  r.dtype.c_str(), r.stochastic ? "on" : "off", r.fused.max_ulps, r.fused.mean_ulps, r.fused.max_scaled,
                  r.naive.max_ulps, r.naive.mean_ulps, r.naive.max_scaled);
   }

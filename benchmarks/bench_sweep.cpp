@@ -42,7 +42,7 @@ struct Options {
   std::fprintf(code == 0 ? stdout : stderr,
                "%s%s"
                "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
-               "                   [--dist rademacher|gaussian|all] [--terms 1|8|all] [--rounding nearest|stochastic|all]\n"
+               "                   [--dist rademacher|gaussian|all] [--terms 1|2|8|all] [--rounding nearest|stochastic|all]\n"
                "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n",
                code == 0 ? "" : "bench_sweep: ", code == 0 ? "" : (std::string(message) + "\n").c_str());
   std::exit(code);
@@ -78,10 +78,11 @@ Options parse(int argc, char** argv) {
       else usage("--dist must be rademacher, gaussian or all");
     } else if (arg == "--terms") {
       const std::string v = value();
-      if (v == "all") o.terms = {1, 8};
+      if (v == "all") o.terms = {1, 2, 8};
       else if (v == "1") o.terms = {1};
+      else if (v == "2") o.terms = {2};
       else if (v == "8") o.terms = {8};
-      else usage("--terms must be 1, 8 or all");
+      else usage("--terms must be 1, 2, 8 or all");
     } else if (arg == "--rounding") {
       const std::string v = value();
       if (v == "all") o.stochastic = {false, true};
@@ -246,8 +247,9 @@ int main(int argc, char** argv) {
           [&] { for (size_t i = 0; i < params.size(); ++i) copies[i].copy_(params[i]); }, opt.repeats, device, any);
       for (Distribution dist : opt.dists) {
         for (int terms : opt.terms) {
-          // terms == 1: a perturbation θ += eps·z. terms == 8: an FZOO-update-like sweep that removes the last
-          // probe and adds seven weighted directions (coefficients of the size a real step uses).
+          // terms == 1: a perturbation θ += eps·z. terms == 2: an FZOO probe transition, +eps·z_1 with the
+          // restore term −eps·z_0 rounded first (sweep.h). terms == 8: an FZOO-update-like sweep that removes
+          // the last probe and adds seven weighted directions (coefficients of the size a real step uses).
           SweepPlan plan;
           plan.distribution = dist;
           plan.groups[0].lr = 1e-5;
@@ -255,7 +257,14 @@ int main(int argc, char** argv) {
           plan.rounding_key = zotorch::step_key(99, 0);
           for (int k = 0; k < terms; ++k) {
             const double alpha = k == 0 ? eps : 0.0, beta = k == 0 ? 0.0 : 0.3 - 0.07 * k;
-            plan.add_term({zotorch::step_key(1234, static_cast<uint64_t>(k)), static_cast<uint32_t>(k), alpha, beta, 0, 0});
+            zotorch::detail::SweepTerm term{zotorch::step_key(1234, static_cast<uint64_t>(k)), static_cast<uint32_t>(k),
+                                            alpha, beta, 0, 0};
+            if (terms == 2) {
+              term.beta = 0;
+              term.alpha = k == 0 ? eps : 0.0;
+              term.restore = k == 1 ? -eps : 0.0;
+            }
+            plan.add_term(term);
           }
           const Timing aten_s = time_median(
               [&] {

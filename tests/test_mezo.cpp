@@ -36,8 +36,10 @@ TEST_CASE("MeZO's step equals the SPSA formula recomputed from zotorch::noise", 
       for (size_t i = 0; i < theta0.size(); ++i) {
         z.push_back(zotorch::noise(report.key, static_cast<int64_t>(i), 0, theta0[i].sizes(), zotorch::Distribution::Gaussian,
                                    torch::TensorOptions().dtype(acc)));
-        plus.push_back(sweep_like_kernel(theta0[i], z[i], +eps, 1.0, acc));       // 1. θ + εz
-        minus.push_back(sweep_like_kernel(plus[i], z[i], -2 * eps, 1.0, acc));    // 2. θ − 2εz
+        plus.push_back(sweep_like_kernel(theta0[i], z[i], +eps, 1.0, acc));  // 1. θ + εz
+        // 2. θ − εz in one sweep that rounds the restore −εz first, then adds −εz (docs/numerics.md
+        // "Fused transitions"): the bits of a restore sweep followed by a perturb sweep.
+        minus.push_back(sweep_like_kernel(sweep_like_kernel(plus[i], z[i], -eps, 1.0, acc), z[i], -eps, 1.0, acc));
       }
       const double loss_plus = problem.loss_at(plus).item<double>();
       const double loss_minus = problem.loss_at(minus).item<double>();
@@ -48,9 +50,11 @@ TEST_CASE("MeZO's step equals the SPSA formula recomputed from zotorch::noise", 
       CHECK(report.coefficients.at(0) == g);
       CHECK(returned == Approx((loss_plus + loss_minus) / 2).epsilon(1e-12));
       for (size_t i = 0; i < theta0.size(); ++i) {
-        // 4. θ ← θ + εz − η(g·z + λθ) in one sweep: keep·(θ− + εz) − ηg·z with keep = 1 − ηλ.
+        // 4. θ ← θ + εz − η(g·z + λθ) in one sweep: θ' = round(θ− + εz) first, then keep·θ' − ηg·z
+        // with keep = 1 − ηλ.
         const double keep = 1.0 - lr * weight_decay;
-        expected.push_back(sweep_like_kernel(minus[i], z[i], keep * eps + lr * -g, keep, acc));
+        const auto restored = sweep_like_kernel(minus[i], z[i], eps, 1.0, acc);
+        expected.push_back(sweep_like_kernel(restored, z[i], lr * -g, keep, acc));
       }
       CHECK(bitwise_equal(problem.params, expected));
     }

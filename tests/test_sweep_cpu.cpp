@@ -3,6 +3,8 @@
 // statistics of stochastic rounding; plus determinism across threads, builds and tensor splits,
 // and the errors check_sweepable raises.
 #include <zotorch/detail/dispatch.h>
+#include <zotorch/fzoo.h>
+#include <zotorch/mezo.h>
 #include <zotorch/noise.h>
 
 #include <ATen/ATen.h>
@@ -37,22 +39,25 @@ void reference_sweep(const ParamEntry& entry, const SweepPlan& plan) {
   const GroupScalars& g = plan.groups[entry.group];
   const bool rademacher = plan.distribution == Distribution::Rademacher;
   const int64_t block_size = rademacher ? kRademacherBlock : kGaussianBlock;
+  const bool staged = staged_plan(plan);
   std::vector<Words4> bits(plan.num_terms);
   std::vector<Normals4> normals(plan.num_terms);
-  Words4 rounding_bits{};
+  Words4 rounding_bits{}, restore_bits{};
   for (int64_t j = 0; j < entry.tensor.numel(); ++j) {
     const auto block = static_cast<uint64_t>(j / block_size);
-    A s = 0, m = 0, v = 0;
+    A s = 0, m = 0, v = 0, r = 0;
     for (int k = 0; k < plan.num_terms; ++k) {
       const SweepTerm& t = plan.terms[k];
       if (j % block_size == 0) {
         bits[k] = noise_block(t.key, entry.tensor_id, t.probe, block);
         normals[k] = gaussian4(bits[k]);
       }
-      const A c = resolve_coefficient<A>(plan, entry.group, k);
+      const A c = resolve_coefficient<A>(plan, entry.group, k, staged);
+      const A cr = resolve_restore<A>(plan, k, staged);
       if (rademacher) {
         const uint32_t mask = rademacher_sign_mask(bits[k], static_cast<int>(j % kRademacherBlock));
         s = accumulate_sign(s, c, mask);
+        if (cr != 0) r = accumulate_sign(r, cr, mask);
         if (plan.adaptive) {
           m = accumulate_sign(m, static_cast<A>(t.m_weight), mask);
           v = add(v, static_cast<A>(t.v_weight));
@@ -60,13 +65,29 @@ void reference_sweep(const ParamEntry& entry, const SweepPlan& plan) {
       } else {
         const float z = normals[k].z[j % kGaussianBlock];
         s = accumulate_value(s, c, z);
+        if (cr != 0) r = accumulate_value(r, cr, z);
         if (plan.adaptive) {
           m = accumulate_value(m, static_cast<A>(t.m_weight), z);
           v = accumulate_square(v, static_cast<A>(t.v_weight), z);
         }
       }
     }
-    const A x = Storage::widen(data[j]);
+    A x = Storage::widen(data[j]);
+    if (staged) {  // the restore terms' own rounding, with its own stochastic-rounding stream
+      if constexpr (Storage::is_16_bit) {
+        if (plan.stochastic_rounding) {
+          if (j % kRoundingBlock == 0) {
+            restore_bits = noise_block(restore_rounding_key(plan.rounding_key), entry.tensor_id, kRoundingProbe,
+                                       static_cast<uint64_t>(j / kRoundingBlock));
+          }
+          x = restore_value_stochastic<Storage>(x, r, half_open_uniform(restore_bits.w[j % kRoundingBlock]));
+        } else {
+          x = restore_value<Storage>(x, r);
+        }
+      } else {
+        x = restore_value<Storage>(x, r);
+      }
+    }
     const A y = plan.adaptive ? adaptive_update(static_cast<A>(g.keep), x, s, m, v,
                                                 static_cast<A>(g.lr * plan.adaptive_scale),
                                                 static_cast<A>(plan.adaptive_stab))
@@ -121,7 +142,8 @@ ParamTable clone_table(const ParamTable& table) {
   return out;
 }
 
-SweepPlan make_plan(Distribution dist, int terms, bool adaptive, bool stochastic) {
+/// `restores`: terms 0, 3, 6, ... also carry a restore coefficient (a staged sweep).
+SweepPlan make_plan(Distribution dist, int terms, bool adaptive, bool stochastic, bool restores = false) {
   SweepPlan plan;
   plan.distribution = dist;
   plan.num_groups = 2;
@@ -134,7 +156,7 @@ SweepPlan make_plan(Distribution dist, int terms, bool adaptive, bool stochastic
   plan.rounding_key = 0x1234567890ABCDEFull;
   for (int k = 0; k < terms; ++k) {
     plan.add_term({splitmix64(static_cast<uint64_t>(k) + 99), static_cast<uint32_t>(k), k == 0 ? 1e-3 : -2.5e-4 * k,
-                   0.3 / (k + 1), 0.7 / (k + 1), 0.09 / (k + 1)});
+                   0.3 / (k + 1), 0.7 / (k + 1), 0.09 / (k + 1), restores && k % 3 == 0 ? -1.1e-3 * (k + 1) : 0.0});
   }
   return plan;
 }
@@ -174,7 +196,8 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
   CpuSettingsGuard guard;
   // Every dtype, distribution, variant and rounding mode; term counts 0 (decay only), 1 (fused
   // path), 2, 4 (Rademacher: a pair and a single before the fused one), 9 (two groups of four);
-  // both thread counts and all kernel builds.
+  // with and without restore terms (staged sweeps: on the fused term, on stored terms, between
+  // groups of four); both thread counts and all kernel builds.
   int cases = 0;
   for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
     const ParamTable start = make_table(dtype, 5);
@@ -183,7 +206,10 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
         for (bool stochastic : {false, true}) {
           if (stochastic && !(dtype == at::kHalf || dtype == at::kBFloat16)) continue;
           for (int terms : {0, 1, 2, 4, 9}) {
-            const SweepPlan plan = make_plan(dist, terms, adaptive, stochastic);
+           for (bool restores : {false, true}) {
+            if (restores && terms == 0) continue;
+            const SweepPlan plan = make_plan(dist, terms, adaptive, stochastic, restores);
+            REQUIRE(staged_plan(plan) == restores);
             const ParamTable expected = clone_table(start);
             reference_sweep(expected, plan);
             for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Best}) {
@@ -194,11 +220,57 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
                 apply_sweep(swept, plan);
                 for (size_t i = 0; i < swept.entries.size(); ++i) {
                   INFO(dtype << " " << zotorch::to_string(dist) << " adaptive " << adaptive << " stochastic "
-                             << stochastic << " terms " << terms << " kernels " << kernels_name(kernels)
+                             << stochastic << " terms " << terms << " restores " << restores << " kernels " << kernels_name(kernels)
                              << " threads " << threads << " tensor " << i);
                   REQUIRE(bitwise_same(swept.entries[i].tensor, expected.entries[i].tensor));
                 }
                 ++cases;
+              }
+            }
+           }
+          }
+        }
+      }
+    }
+  }
+  CHECK(cases == 4 * 2 * 2 * 9 * 6 + 2 * 2 * 2 * 9 * 6);
+}
+
+TEST_CASE("A staged sweep equals a restore sweep followed by a sweep of the rest, bit for bit", "[sweep][staged]") {
+  // The fused transition's rule (sweep.h): restore terms are rounded first, as a separate restore
+  // sweep stores them. Every dtype and variant; with stochastic rounding the restore rounding draws
+  // from restore_rounding_key, so two sweeps keyed that way give the same bits.
+  CpuSettingsGuard guard;
+  for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
+    const ParamTable start = make_table(dtype, 17);
+    for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+      for (bool adaptive : {false, true}) {
+        for (bool stochastic : {false, true}) {
+          if (stochastic && !(dtype == at::kHalf || dtype == at::kBFloat16)) continue;
+          for (int terms : {1, 2, 4, 9}) {
+            const SweepPlan fused = make_plan(dist, terms, adaptive, stochastic, true);
+            SweepPlan restore = fused, rest = fused;
+            restore.adaptive = false;
+            restore.rounding_key = restore_rounding_key(fused.rounding_key);
+            restore.num_terms = 0;
+            for (int g = 0; g < restore.num_groups; ++g) restore.groups[g].keep = 1;
+            for (int k = 0; k < fused.num_terms; ++k) {
+              const SweepTerm& t = fused.terms[k];
+              if (t.restore != 0) restore.add_term({t.key, t.probe, t.restore, 0, 0, 0});
+              rest.terms[k].restore = 0;
+            }
+            const ParamTable expected = clone_table(start);
+            apply_sweep(expected, restore);
+            apply_sweep(expected, rest);
+            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Best}) {
+              cpu_kernels() = kernels;
+              const ParamTable swept = clone_table(start);
+              apply_sweep(swept, fused);
+              for (size_t i = 0; i < swept.entries.size(); ++i) {
+                INFO(dtype << " " << zotorch::to_string(dist) << " adaptive " << adaptive << " stochastic "
+                           << stochastic << " terms " << terms << " kernels " << kernels_name(kernels) << " tensor "
+                           << i);
+                REQUIRE(bitwise_same(swept.entries[i].tensor, expected.entries[i].tensor));
               }
             }
           }
@@ -206,7 +278,130 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
       }
     }
   }
-  CHECK(cases == 4 * 2 * 2 * 5 * 6 + 2 * 2 * 2 * 5 * 6);
+}
+
+TEST_CASE("A plan of restore terms alone is a plain one-rounding restore sweep", "[sweep][staged]") {
+  // Step::restore() (and a skipped step) sends restore terms only: not staged, the same bits as the
+  // same offsets spelt as alpha.
+  for (auto dtype : {at::kFloat, at::kHalf}) {
+    for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+      SweepPlan as_restore, as_alpha;
+      as_restore.distribution = as_alpha.distribution = dist;
+      as_restore.stochastic_rounding = as_alpha.stochastic_rounding = true;
+      as_restore.rounding_key = as_alpha.rounding_key = 42;
+      as_restore.add_term({5, 2, 0, 0, 0, 0, -1e-3});
+      as_alpha.add_term({5, 2, -1e-3, 0, 0, 0});
+      CHECK(!staged_plan(as_restore));
+      const ParamTable start = make_table(dtype, 3);
+      const ParamTable a = clone_table(start), b = clone_table(start);
+      apply_sweep(a, as_restore);
+      apply_sweep(b, as_alpha);
+      for (size_t i = 0; i < a.entries.size(); ++i) CHECK(bitwise_same(a.entries[i].tensor, b.entries[i].tensor));
+    }
+  }
+}
+
+namespace {
+
+/// One sweep of `terms` over `table` as a step of the optimizers would send it, without fusing:
+/// groups {lr, keep} as given when `decay`, keep = 1 otherwise.
+void plain_sweep(const ParamTable& table, Distribution dist, const std::vector<SweepTerm>& terms,
+                 const std::vector<GroupScalars>& groups, bool decay) {
+  SweepPlan plan;
+  plan.distribution = dist;
+  plan.num_groups = static_cast<int32_t>(groups.size());
+  for (size_t g = 0; g < groups.size(); ++g) plan.groups[g] = {groups[g].lr, decay ? groups[g].keep : 1.0};
+  for (const SweepTerm& t : terms) plan.add_term(t);
+  apply_sweep(table, plan);
+}
+
+/// Two float32 tensors in two param groups (decay on the first), and a closure over them.
+struct TwoGroups {
+  at::Tensor a = (at::randn({3000}) * 0.02).contiguous();
+  at::Tensor b = (at::randn({1111}) * 0.5).contiguous();
+  ParamTable naive;
+  TwoGroups() {
+    naive.entries.push_back({a.clone(), 0, 0});
+    naive.entries.push_back({b.clone(), 1, 1});
+  }
+  at::Tensor loss() const { return (a - 0.01).square().sum() + (b * b * b).sum(); }
+  bool same() const {
+    return bitwise_same(a, naive.entries[0].tensor) && bitwise_same(b, naive.entries[1].tensor);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("FZOO's fused probe transitions equal separate restore and perturb sweeps bit for bit over 200 float32 steps",
+          "[sweep][staged][fzoo]") {
+  // The naive sequence: +εu_0, then per probe i a restore sweep −εu_{i−1} and a perturb sweep
+  // +εu_i, then a restore sweep −εu_{N−1} and the update sweep −η Σ c_i u_i − ηλθ. ε = 1e-3 and
+  // 3e-4 are not powers of two, so every one of those roundings is a real one.
+  for (double eps : {1e-3, 3e-4, std::ldexp(1.0, -10)}) {
+    TwoGroups p;
+    const std::vector<GroupScalars> groups = {{2e-3, 1.0 - 2e-3 * 0.1}, {1e-3, 1.0}};
+    std::vector<torch::optim::OptimizerParamGroup> param_groups;
+    param_groups.emplace_back(std::vector<at::Tensor>{p.a},
+                              std::make_unique<zotorch::FZOOOptions>(zotorch::FZOOOptions(2e-3).eps(eps).weight_decay(0.1).num_perturbations(4).seed(9)));
+    param_groups.emplace_back(std::vector<at::Tensor>{p.b},
+                              std::make_unique<zotorch::FZOOOptions>(zotorch::FZOOOptions(1e-3).eps(eps).num_perturbations(4).seed(9)));
+    zotorch::FZOO opt(param_groups, zotorch::FZOOOptions(1e-3).eps(eps).num_perturbations(4).seed(9));
+    const uint32_t n = 4;
+    int64_t updates = 0;
+    for (int step = 0; step < 200; ++step) {
+      opt.step([&] { return p.loss(); });
+      const zotorch::StepReport& r = opt.last_step();
+      const auto rad = Distribution::Rademacher;
+      plain_sweep(p.naive, rad, {{r.key, 0, eps, 0, 0, 0}}, groups, false);
+      for (uint32_t i = 1; i < n; ++i) {
+        plain_sweep(p.naive, rad, {{r.key, i - 1, -eps, 0, 0, 0}}, groups, false);
+        plain_sweep(p.naive, rad, {{r.key, i, eps, 0, 0, 0}}, groups, false);
+      }
+      plain_sweep(p.naive, rad, {{r.key, n - 1, -eps, 0, 0, 0}}, groups, false);
+      if (!r.skipped) {
+        std::vector<SweepTerm> update;
+        for (uint32_t i = 0; i < n; ++i) update.push_back({r.key, i, 0, -r.coefficients[i], 0, 0});
+        plain_sweep(p.naive, rad, update, groups, true);
+        ++updates;
+      }
+      INFO("eps " << eps << " step " << step);
+      REQUIRE(p.same());
+    }
+    CHECK(updates == 200);
+  }
+}
+
+TEST_CASE("MeZO's fused transitions equal separate restore and perturb sweeps bit for bit over 200 float32 steps",
+          "[sweep][staged][mezo]") {
+  // θ+εz_k → θ−εz_k is a restore sweep −εz_k then a perturb sweep −εz_k, not one −2εz_k sweep.
+  for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
+    const double eps = 1e-3;
+    TwoGroups p;
+    const std::vector<GroupScalars> groups = {{1e-4, 1.0 - 1e-4 * 0.1}, {5e-5, 1.0}};
+    std::vector<torch::optim::OptimizerParamGroup> param_groups;
+    auto options = [&](double lr, double decay) {
+      return std::make_unique<zotorch::MeZOOptions>(
+          zotorch::MeZOOptions(lr).eps(eps).weight_decay(decay).num_samples(2).distribution(dist).seed(4));
+    };
+    param_groups.emplace_back(std::vector<at::Tensor>{p.a}, options(1e-4, 0.1));
+    param_groups.emplace_back(std::vector<at::Tensor>{p.b}, options(5e-5, 0.0));
+    zotorch::MeZO opt(param_groups, *options(1e-4, 0.0));
+    for (int step = 0; step < 200; ++step) {
+      opt.step([&] { return p.loss(); });
+      const zotorch::StepReport& r = opt.last_step();
+      for (uint32_t k = 0; k < 2; ++k) {
+        if (k > 0) plain_sweep(p.naive, dist, {{r.key, k - 1, eps, 0, 0, 0}}, groups, false);
+        plain_sweep(p.naive, dist, {{r.key, k, eps, 0, 0, 0}}, groups, false);
+        plain_sweep(p.naive, dist, {{r.key, k, -eps, 0, 0, 0}}, groups, false);
+        plain_sweep(p.naive, dist, {{r.key, k, -eps, 0, 0, 0}}, groups, false);
+      }
+      plain_sweep(p.naive, dist, {{r.key, 1, eps, 0, 0, 0}}, groups, false);
+      plain_sweep(p.naive, dist, {{r.key, 0, 0, -r.coefficients[0] / 2, 0, 0}, {r.key, 1, 0, -r.coefficients[1] / 2, 0, 0}},
+                  groups, true);
+      INFO(zotorch::to_string(dist) << " step " << step);
+      REQUIRE(p.same());
+    }
+  }
 }
 
 TEST_CASE("A tensor's sweep does not depend on the other tensors in the table", "[sweep]") {
@@ -287,8 +482,8 @@ TEST_CASE("The adaptive sweep equals ATen's AdaMeZO update on materialised noise
         return at::scalar_tensor(dtype == at::kDouble ? value : static_cast<double>(static_cast<float>(value)), dtype);
       };
       auto coefficient = [&](int k) {
-        return dtype == at::kDouble ? resolve_coefficient<double>(plan, 0, k)
-                                    : static_cast<double>(resolve_coefficient<float>(plan, 0, k));
+        return dtype == at::kDouble ? resolve_coefficient<double>(plan, 0, k, false)
+                                    : static_cast<double>(resolve_coefficient<float>(plan, 0, k, false));
       };
       at::Tensor s = at::zeros({2000}, dtype), m = at::zeros({2000}, dtype), v = at::zeros({2000}, dtype);
       for (int k = 0; k < window; ++k) {

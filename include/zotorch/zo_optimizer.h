@@ -423,15 +423,17 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
             existing.beta += term.beta;
             existing.m_weight += term.m_weight;
             existing.v_weight += term.v_weight;
+            existing.restore += term.restore;
             return;
           }
         }
         plan.add_term(term);
       };
-      // Offsets to remove, then offsets to add: the difference of the two states.
-      for (const auto& now : applied_) add_or_merge({report_.key, now.probe, -now.alpha, 0, 0, 0});
+      // Offsets to add and the update in the order a sweep from the restored θ takes them, then the
+      // offsets to remove as restore terms, rounded first (sweep.h; docs/numerics.md "Fused transitions").
       for (const auto& next : target) add_or_merge({report_.key, next.probe, next.alpha, 0, 0, 0});
       for (const auto& term : update) add_or_merge(term);
+      for (const auto& now : applied_) add_or_merge({report_.key, now.probe, 0, 0, 0, 0, -now.alpha});
       if (adaptive != nullptr) {
         plan.adaptive = true;
         plan.adaptive_scale = adaptive->scale;
@@ -452,7 +454,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
       int kept = 0;
       for (int k = 0; k < plan.num_terms; ++k) {
         const auto& t = plan.terms[k];
-        if (t.alpha != 0 || t.beta != 0 || t.m_weight != 0 || t.v_weight != 0) plan.terms[kept++] = t;
+        if (t.alpha != 0 || t.beta != 0 || t.m_weight != 0 || t.v_weight != 0 || t.restore != 0) plan.terms[kept++] = t;
       }
       plan.num_terms = kept;
       if (plan.num_terms > 0 || decay) {

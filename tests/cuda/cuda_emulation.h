@@ -34,7 +34,7 @@ void emulate_launch(const zotorch::detail::SweepPlan& plan, const zotorch::detai
   args.num_entries = range.num_entries;
   args.num_slots = range.num_slots;
   for (int s = 0; s < range.num_slots; ++s) args.slot_group[s] = range.slot_group[s];
-  const ResolvedLayout resolved_layout{plan.num_terms, args.num_slots, Adaptive};
+  const ResolvedLayout resolved_layout{plan.num_terms, args.num_slots, Adaptive, staged_plan(plan)};
   std::vector<A> resolved(static_cast<size_t>(resolved_layout.size()) + 1);
   resolve_scalars<A>(plan, args, resolved_layout, resolved.data(), 0, 1);
   std::vector<Words4> staged(kWarpLanes);

@@ -22,10 +22,11 @@ using zotorch::detail::SweepPlan;
 using zotorch::detail::SweepTerm;
 
 /// A plan with `terms` directions over `groups` param groups, shaped like the optimizers' sweeps:
-/// perturb/restore coefficients (alpha), lr-scaled update coefficients (beta), decoupled decay,
-/// and AdaMeZO's window weights when adaptive.
+/// perturb coefficients (alpha), lr-scaled update coefficients (beta), decoupled decay, AdaMeZO's
+/// window weights when adaptive, and with `restores` restore coefficients on terms 0, 3, 6, ...
+/// (a staged sweep: the restore rounding comes first).
 inline SweepPlan make_plan(Distribution dist, bool adaptive, bool stochastic_rounding, int terms, int groups,
-                           uint64_t seed) {
+                           uint64_t seed, bool restores = true) {
   using zotorch::detail::splitmix64;
   SweepPlan plan;
   plan.distribution = dist;
@@ -48,6 +49,7 @@ inline SweepPlan make_plan(Distribution dist, bool adaptive, bool stochastic_rou
     const double g = 0.8 - 0.15 * k;  // the projected gradient of window entry k
     term.m_weight = adaptive ? std::pow(0.7, k) * g : 0.0;
     term.v_weight = adaptive ? std::pow(0.9, k) * g * g : 0.0;
+    term.restore = restores && k % 3 == 0 ? -1e-3 * (1.0 + 0.25 * k) : 0.0;
     plan.add_term(term);
   }
   return plan;

@@ -65,19 +65,31 @@ struct ResolvedGroup {
   A keep;
   A adaptive_step;  ///< lr·scale
   A adaptive_stab;
+  bool staged;  ///< staged_plan: the restore terms are summed into r and rounded first
   A coefficient[kMaxTerms];  ///< keep·alpha_k + lr·beta_k
+  A restore[kMaxTerms];      ///< restore_k when staged, else 0
   A m_weight[kMaxTerms];
   A v_weight[kMaxTerms];
 };
 
 /// keep·alpha_k + lr·beta_k of `group`, in double, rounded once to A (the SPEC in sweep.h: decay
-/// applies to θ with its alpha offsets removed, so a fused restore + decayed update decays the
-/// unperturbed θ; tests/test_mezo.cpp checks this bit for bit). The CUDA kernels resolve their
-/// coefficients with this same function; mul/add keep nvcc from contracting it into an fma.
+/// applies to θ with its restore offsets removed, so a fused restore + decayed update decays the
+/// unperturbed θ; tests/test_mezo.cpp checks this bit for bit). In a plan of restore terms alone
+/// (not staged_plan: keep = 1, alpha = beta = 0) restore_k is the coefficient, exactly as in a
+/// restore sweep that spells it as alpha. The CUDA kernels resolve their coefficients with this
+/// same function; mul/add keep nvcc from contracting it into an fma.
 template <class A>
-ZOTORCH_HD_INLINE A resolve_coefficient(const SweepPlan& plan, int group, int k) {
+ZOTORCH_HD_INLINE A resolve_coefficient(const SweepPlan& plan, int group, int k, bool staged) {
   const GroupScalars& g = plan.groups[group];
-  return static_cast<A>(add(mul(g.keep, plan.terms[k].alpha), mul(g.lr, plan.terms[k].beta)));
+  const SweepTerm& t = plan.terms[k];
+  const double coefficient = add(mul(g.keep, t.alpha), mul(g.lr, t.beta));
+  return static_cast<A>(staged || t.restore == 0 ? coefficient : add(coefficient, t.restore));
+}
+
+/// restore_k rounded once to A when the plan is staged, else 0 (the restore is in the coefficient).
+template <class A>
+ZOTORCH_HD_INLINE A resolve_restore(const SweepPlan& plan, int k, bool staged) {
+  return staged ? static_cast<A>(plan.terms[k].restore) : A(0);
 }
 
 template <class A>
@@ -87,8 +99,10 @@ ZOTORCH_CPU_INLINE ResolvedGroup<A> resolve_group(const SweepPlan& plan, int gro
   out.keep = static_cast<A>(g.keep);
   out.adaptive_step = static_cast<A>(g.lr * plan.adaptive_scale);
   out.adaptive_stab = static_cast<A>(plan.adaptive_stab);
+  out.staged = staged_plan(plan);
   for (int k = 0; k < plan.num_terms; ++k) {
-    out.coefficient[k] = resolve_coefficient<A>(plan, group, k);
+    out.coefficient[k] = resolve_coefficient<A>(plan, group, k, out.staged);
+    out.restore[k] = resolve_restore<A>(plan, k, out.staged);
     out.m_weight[k] = static_cast<A>(plan.terms[k].m_weight);
     out.v_weight[k] = static_cast<A>(plan.terms[k].v_weight);
   }
@@ -387,8 +401,9 @@ ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// The sweep of whole chunks. Per element the order is sweep.h's: s, m, v start at 0 and take
-// terms 0, 1, 2, ... in turn, then y = update(x), then one rounding.
+// The sweep of whole chunks. Per element the order is sweep.h's: s, m, v (and r, restore terms
+// only, in a staged sweep) start at 0 and take terms 0, 1, 2, ... in turn, then x ← round(x + r)
+// when staged, then y = update(x), then one rounding.
 
 template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic, bool Avx2>
 struct CpuChunks {
@@ -400,31 +415,47 @@ struct CpuChunks {
   /// Sweeps chunks first_chunk .. first_chunk + n - 1 (1 ≤ n ≤ kCpuSpan), all full, at `out`.
   /// Terms before the last accumulate into s (m, v) in L1; the last term of a linear sweep is added
   /// in the pass that reads and writes θ, so a one-term sweep (every perturbation) keeps s in
-  /// registers and touches each element once.
+  /// registers and touches each element once. In a staged sweep the restore terms also accumulate
+  /// into r, and the pass over θ rounds θ + r before the rest (sweep.h).
   ZOTORCH_CPU_INLINE static void sweep(S* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan,
                                        const ResolvedGroup<A>& group) {
     alignas(64) A s[kElements];
+    alignas(64) A r[kElements];
     alignas(64) A m[kMoments];
     alignas(64) A v[kMoments];
     const int count = n * static_cast<int>(kCpuChunk);
     const int fused = (!Adaptive && plan.num_terms > 0) ? 1 : 0;  // terms added in the final pass
     const int stored = plan.num_terms - fused;                      // terms accumulated into s
+    const bool staged = group.staged;
     if (Adaptive || stored > 0) {
       for (int i = 0; i < count; ++i) s[i] = A(0);
+    }
+    if (staged) {
+      for (int i = 0; i < count; ++i) r[i] = A(0);
     }
     if constexpr (Adaptive) {
       for (int i = 0; i < count; ++i) m[i] = A(0);
       for (int i = 0; i < count; ++i) v[i] = A(0);
     }
     int k = 0;
-    if constexpr (Dist == Distribution::Rademacher && !Adaptive) {
-      // Several terms per pass over s: one load and store of s per element for four terms.
-      for (; k + 4 <= stored; k += 4) accumulate_signs<4>(s, k, first_chunk, n, tensor_id, plan, group);
-      for (; k + 2 <= stored; k += 2) accumulate_signs<2>(s, k, first_chunk, n, tensor_id, plan, group);
-    }
-    for (; k < stored; ++k) {
+    while (k < stored) {
+      if constexpr (Dist == Distribution::Rademacher && !Adaptive) {
+        // Several terms per pass over s: one load and store of s per element for four terms.
+        // Terms with a restore coefficient take the one-term path, which also accumulates r.
+        if (k + 4 <= stored && no_restore(group, k, 4)) {
+          accumulate_signs<4>(s, k, first_chunk, n, tensor_id, plan, group);
+          k += 4;
+          continue;
+        }
+        if (k + 2 <= stored && no_restore(group, k, 2)) {
+          accumulate_signs<2>(s, k, first_chunk, n, tensor_id, plan, group);
+          k += 2;
+          continue;
+        }
+      }
       const SweepTerm& term = plan.terms[k];
       const A c = group.coefficient[k];
+      const A cr = group.restore[k];
       if constexpr (Dist == Distribution::Rademacher) {
         alignas(64) uint32_t words[4][kCpuSpan];
         philox_batch<Avx2, kCpuSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words);
@@ -432,6 +463,10 @@ struct CpuChunks {
           for (int q = 0; q < 4; ++q) {
             const uint32_t word = words[q][ch];
             A* sq = s + ch * kCpuChunk + 32 * q;
+            if (cr != A(0)) {
+              A* rq = r + ch * kCpuChunk + 32 * q;
+              for (int b = 0; b < 32; ++b) rq[b] = accumulate_sign(rq[b], cr, sign_mask_of_bit(word, b));
+            }
             if constexpr (Adaptive) {
               const A mw = group.m_weight[k], vw = group.v_weight[k];
               A* mq = m + ch * kCpuChunk + 32 * q;
@@ -452,6 +487,10 @@ struct CpuChunks {
         for (int ch = 0; ch < n; ++ch) {
           gaussian_chunk<Avx2>(term.key, tensor_id, term.probe, first_chunk + ch, z);
           A* sc = s + ch * kCpuChunk;
+          if (cr != A(0)) {
+            A* rc = r + ch * kCpuChunk;
+            for (int i = 0; i < kCpuChunk; ++i) rc[i] = accumulate_value(rc[i], cr, z[i]);
+          }
           if constexpr (Adaptive) {
             const A mw = group.m_weight[k], vw = group.v_weight[k];
             A* mc = m + ch * kCpuChunk;
@@ -466,26 +505,37 @@ struct CpuChunks {
           }
         }
       }
+      ++k;
     }
+    const A* restores = staged ? r : nullptr;
     if constexpr (Adaptive) {
-      finish_adaptive(out, first_chunk, n, tensor_id, plan, group, s, m, v);
+      finish_adaptive(out, first_chunk, n, tensor_id, plan, group, s, m, v, restores);
     } else if (fused == 0) {
-      // No direction at all (a decay-only sweep): s is 0.
+      // No direction at all (a decay-only sweep, never staged): s is 0.
       for (int i = 0; i < count; ++i) s[i] = A(0);
       finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, A(0), nullptr);
     } else {
       const SweepTerm& last = plan.terms[stored];
       const A c = group.coefficient[stored];
+      const A cr = group.restore[stored];
       alignas(64) uint32_t words[4][kCpuSpan];
       if constexpr (Dist == Distribution::Rademacher) {
         philox_batch<Avx2, kCpuSpan>(last.key, tensor_id, last.probe, static_cast<uint64_t>(first_chunk), words);
       }
       if (stored > 0) {
-        finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last);
+        finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, restores, cr);
       } else {
-        finish_linear<false>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last);
+        finish_linear<false>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, restores, cr);
       }
     }
+  }
+
+  /// True when none of terms first .. first + count - 1 has a restore coefficient.
+  ZOTORCH_CPU_INLINE static bool no_restore(const ResolvedGroup<A>& group, int first, int count) {
+    for (int g = 0; g < count; ++g) {
+      if (group.restore[first + g] != A(0)) return false;
+    }
+    return true;
   }
 
   /// s += c_k·z_k for the G Rademacher terms first_term, first_term + 1, ... in order.
@@ -524,12 +574,26 @@ struct CpuChunks {
     }
   }
 
+  /// The restore rounding of a staged sweep: θ' = round(x + r), to nearest or stochastically with
+  /// the restore stream's uniform, as a separate restore sweep would store it (sweep.h).
+  ZOTORCH_CPU_INLINE static A restored(A x, A r, const float* restore_uniform, int i) {
+    if constexpr (Stochastic) {
+      return restore_value_stochastic<Storage>(x, r, restore_uniform[i]);
+    } else {
+      (void)restore_uniform;
+      return restore_value<Storage>(x, r);
+    }
+  }
+
   /// The pass over θ of a linear sweep: s (from the array when Partial, else 0) plus the last term
-  /// c·z, then y = keep·x + s, then one rounding. `last` is null when there is no term.
+  /// c·z, then y = keep·x + s, then one rounding. `last` is null when there is no term. When
+  /// `restores` is not null (a staged sweep), x is first replaced by round(x + r), r = restores[i]
+  /// plus the last term's cr·z.
   template <bool Partial>
   ZOTORCH_CPU_INLINE static void finish_linear(S* out, int64_t first_chunk, int n, uint32_t tensor_id,
                                                const SweepPlan& plan, const ResolvedGroup<A>& group, const A* s, A c,
-                                               const uint32_t* last_words, const SweepTerm* last = nullptr) {
+                                               const uint32_t* last_words, const SweepTerm* last = nullptr,
+                                               const A* restores = nullptr, A cr = A(0)) {
     const A keep = group.keep;
     for (int ch = 0; ch < n; ++ch) {
       S* o = out + ch * kCpuChunk;
@@ -538,6 +602,32 @@ struct CpuChunks {
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
       if (last == nullptr) {
         for (int i = 0; i < kCpuChunk; ++i) store(o, i, linear_update(keep, Storage::widen(o[i]), sc[i]), uniform);
+      } else if (restores != nullptr) {
+        const A* rc = restores + ch * kCpuChunk;
+        alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
+        if constexpr (Stochastic) {
+          rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+        }
+        if constexpr (Dist == Distribution::Rademacher) {
+          for (int q = 0; q < 4; ++q) {
+            const uint32_t word = last_words[q * kCpuSpan + ch];
+            for (int b = 0; b < 32; ++b) {
+              const int i = 32 * q + b;
+              const uint32_t mask = sign_mask_of_bit(word, b);
+              const A partial = Partial ? sc[i] : A(0);
+              const A x = restored(Storage::widen(o[i]), accumulate_sign(rc[i], cr, mask), restore_uniform, i);
+              store(o, i, linear_update(keep, x, accumulate_sign(partial, c, mask)), uniform);
+            }
+          }
+        } else {
+          alignas(64) float z[kCpuChunk];
+          gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+          for (int i = 0; i < kCpuChunk; ++i) {
+            const A partial = Partial ? sc[i] : A(0);
+            const A x = restored(Storage::widen(o[i]), accumulate_value(rc[i], cr, z[i]), restore_uniform, i);
+            store(o, i, linear_update(keep, x, accumulate_value(partial, c, z[i])), uniform);
+          }
+        }
       } else if constexpr (Dist == Distribution::Rademacher) {
         for (int q = 0; q < 4; ++q) {
           const uint32_t word = last_words[q * kCpuSpan + ch];
@@ -559,10 +649,10 @@ struct CpuChunks {
     }
   }
 
-  /// The pass over θ of an adaptive sweep: every term is in s, m, v already.
+  /// The pass over θ of an adaptive sweep: every term is in s, m, v (and r when staged) already.
   ZOTORCH_CPU_INLINE static void finish_adaptive(S* out, int64_t first_chunk, int n, uint32_t tensor_id,
                                                  const SweepPlan& plan, const ResolvedGroup<A>& group, const A* s,
-                                                 const A* m, const A* v) {
+                                                 const A* m, const A* v, const A* restores) {
     const A keep = group.keep, step = group.adaptive_step, stab = group.adaptive_stab;
     for (int ch = 0; ch < n; ++ch) {
       S* o = out + ch * kCpuChunk;
@@ -571,9 +661,20 @@ struct CpuChunks {
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
       alignas(64) A root[kCpuChunk];
       sqrt_lanes(v + base, root, kCpuChunk);
-      for (int i = 0; i < kCpuChunk; ++i) {
-        store(o, i, adaptive_update_root(keep, Storage::widen(o[i]), s[base + i], m[base + i], root[i], step, stab),
-              uniform);
+      if (restores != nullptr) {
+        alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
+        if constexpr (Stochastic) {
+          rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+        }
+        for (int i = 0; i < kCpuChunk; ++i) {
+          const A x = restored(Storage::widen(o[i]), restores[base + i], restore_uniform, i);
+          store(o, i, adaptive_update_root(keep, x, s[base + i], m[base + i], root[i], step, stab), uniform);
+        }
+      } else {
+        for (int i = 0; i < kCpuChunk; ++i) {
+          store(o, i, adaptive_update_root(keep, Storage::widen(o[i]), s[base + i], m[base + i], root[i], step, stab),
+                uniform);
+        }
       }
     }
   }

@@ -35,8 +35,8 @@ template <class A, Distribution Dist>
 inline size_t shared_bytes(const ResolvedLayout& layout) {
   return staging_bytes<Dist>() + static_cast<size_t>(layout.size()) * sizeof(A);
 }
-// Worst case (64 groups, 64 terms, adaptive fp64) stays under the 48 KB that needs no opt-in.
-static_assert(staging_bytes<Distribution::Rademacher>() + (2 * kMaxTerms + kMaxGroups * (3 + kMaxTerms)) * sizeof(double) <=
+// Worst case (64 groups, 64 terms, adaptive and staged fp64) stays under the 48 KB that needs no opt-in.
+static_assert(staging_bytes<Distribution::Rademacher>() + (3 * kMaxTerms + kMaxGroups * (3 + kMaxTerms)) * sizeof(double) <=
                   48 * 1024,
               "shared memory of a sweep block exceeds 48 KB");
 
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kCudaThreads)
   Words4* staged = reinterpret_cast<Words4*>(shared) + (threadIdx.x / kWarpLanes) * kWarpLanes;
   A* resolved = reinterpret_cast<A*>(shared + staging_bytes<Dist>());
 
-  const ResolvedLayout layout{plan.num_terms, args.num_slots, Adaptive};
+  const ResolvedLayout layout{plan.num_terms, args.num_slots, Adaptive, staged_plan(plan)};
   resolve_scalars<A>(plan, args, layout, resolved, static_cast<int>(threadIdx.x), kCudaThreads);
   __syncthreads();
 
@@ -75,7 +75,7 @@ template <class Storage, Distribution Dist, bool Adaptive>
 void launch_sweep(const SweepPlan& plan, const CudaLaunchArgs& args, CudaTableCache& cache, cudaStream_t stream) {
   using A = typename Storage::acc;
   const auto kernel = &sweep_kernel<Storage, Dist, Adaptive>;
-  const ResolvedLayout layout{plan.num_terms, args.num_slots, Adaptive};
+  const ResolvedLayout layout{plan.num_terms, args.num_slots, Adaptive, staged_plan(plan)};
   const size_t shared = shared_bytes<A, Dist>(layout);
   const int per_sm = cache.blocks_per_sm(reinterpret_cast<const void*>(kernel), kCudaThreads, shared);
   // Every block strides over an equal share of tiles, so launch no more blocks than fit at once.

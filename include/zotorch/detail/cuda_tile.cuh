@@ -22,15 +22,18 @@ namespace detail {
 constexpr int kStagedTerms = kWarpLanes / kTileBlocks;
 
 /// Where the per-group scalars of one launch sit in shared memory (units of the arithmetic type):
-/// [m_weight[T], v_weight[T]] when adaptive, then per slot [keep, lr·scale, stab, coefficient[T]].
+/// [m_weight[T], v_weight[T]] when adaptive, [restore[T]] when staged (staged_plan), then per slot
+/// [keep, lr·scale, stab, coefficient[T]].
 struct ResolvedLayout {
   int terms = 0;
   int slots = 0;
   bool adaptive = false;
+  bool staged = false;
   ZOTORCH_HD int weights() const { return adaptive ? 2 * terms : 0; }
+  ZOTORCH_HD int restores() const { return staged ? terms : 0; }
   ZOTORCH_HD int stride() const { return 3 + terms; }
-  ZOTORCH_HD int size() const { return weights() + slots * stride(); }
-  ZOTORCH_HD int slot_offset(int slot) const { return weights() + slot * stride(); }
+  ZOTORCH_HD int size() const { return weights() + restores() + slots * stride(); }
+  ZOTORCH_HD int slot_offset(int slot) const { return weights() + restores() + slot * stride(); }
 };
 
 /// Value `i` of the resolved scalars, exactly as resolve_group<A> computes it for the CPU.
@@ -39,15 +42,16 @@ ZOTORCH_HD A resolved_value(const SweepPlan& plan, const uint8_t* slot_group, co
   if (i < layout.weights()) {
     return i < layout.terms ? static_cast<A>(plan.terms[i].m_weight) : static_cast<A>(plan.terms[i - layout.terms].v_weight);
   }
-  const int slot = (i - layout.weights()) / layout.stride();
-  const int field = (i - layout.weights()) % layout.stride();
+  if (i < layout.weights() + layout.restores()) return resolve_restore<A>(plan, i - layout.weights(), true);
+  const int slot = (i - layout.weights() - layout.restores()) / layout.stride();
+  const int field = (i - layout.weights() - layout.restores()) % layout.stride();
   const int group = slot_group[slot];
   const GroupScalars& g = plan.groups[group];
   switch (field) {
     case 0: return static_cast<A>(g.keep);
     case 1: return static_cast<A>(mul(g.lr, plan.adaptive_scale));  // resolve_group: lr·scale, one product
     case 2: return static_cast<A>(plan.adaptive_stab);
-    default: return resolve_coefficient<A>(plan, group, field - 3);
+    default: return resolve_coefficient<A>(plan, group, field - 3, layout.staged);
   }
 }
 
@@ -62,8 +66,10 @@ struct TileContext {
   uint32_t tensor_id = 0;
   bool vector_ok = false;
   int terms = 0;
+  bool staged = false;  ///< staged_plan: restore terms summed into r, θ' = round(θ + r) first
   A keep = A(1), step = A(0), stab = A(0);
   const A* coefficient = nullptr;
+  const A* restore = nullptr;  ///< restore_k, when staged
   const A* m_weight = nullptr;
   const A* v_weight = nullptr;
 };
@@ -85,6 +91,8 @@ ZOTORCH_HD TileContext<Storage> make_tile_context(const CudaTableEntry& entry, i
   ctx.coefficient = slot + 3;
   ctx.m_weight = resolved;
   ctx.v_weight = resolved + terms;
+  ctx.staged = layout.staged;
+  ctx.restore = resolved + layout.weights();
   return ctx;
 }
 
@@ -126,8 +134,9 @@ ZOTORCH_UNROLL
 }
 
 /// The registers of one lane for one tile, and the phases that fill them. Element order per lane
-/// and term order per element are those of cpu_sweep_chunks: s, m, v start at 0 and take terms
-/// 0, 1, 2, ... in turn, then y = update(x), then one rounding.
+/// and term order per element are those of cpu_sweep_chunks: s, m, v (and r, restore terms only,
+/// when staged) start at 0 and take terms 0, 1, 2, ... in turn, then x ← round(x + r) when staged,
+/// then y = update(x), then one rounding.
 template <class Storage, Distribution Dist, bool Adaptive>
 struct TileLane {
   using S = typename Storage::storage;
@@ -141,6 +150,7 @@ struct TileLane {
 
   S x[kLaneElements];
   A s[kLaneElements];
+  A r[kLaneElements];
   A m[kMoments];
   A v[kMoments];
 
@@ -161,7 +171,7 @@ ZOTORCH_UNROLL
       }
     }
 ZOTORCH_UNROLL
-    for (int i = 0; i < kLaneElements; ++i) s[i] = A(0);
+    for (int i = 0; i < kLaneElements; ++i) s[i] = r[i] = A(0);
 ZOTORCH_UNROLL
     for (int i = 0; i < kMoments; ++i) m[i] = v[i] = A(0);
   }
@@ -182,6 +192,7 @@ ZOTORCH_UNROLL
     const int count = ctx.terms - first < kStagedTerms ? ctx.terms - first : kStagedTerms;
     for (int t = 0; t < count; ++t) {
       const A c = ctx.coefficient[first + t];
+      const A cr = ctx.staged ? ctx.restore[first + t] : A(0);  // warp-uniform
       A m_weight = A(0), v_weight = A(0);
       if constexpr (Adaptive) {
         m_weight = ctx.m_weight[first + t];
@@ -196,6 +207,7 @@ ZOTORCH_UNROLL
           const uint32_t sign_mask = ((word >> i) & 1u) << 31;
           const int e = j * kVec + i;
           s[e] = accumulate_sign(s[e], c, sign_mask);
+          if (cr != A(0)) r[e] = accumulate_sign(r[e], cr, sign_mask);
           if constexpr (Adaptive) {
             m[e] = accumulate_sign(m[e], m_weight, sign_mask);
             v[e] = add(v[e], v_weight);  // z² = 1
@@ -210,6 +222,7 @@ ZOTORCH_UNROLL
     for (int k = 0; k < ctx.terms; ++k) {
       const SweepTerm& term = plan.terms[k];
       const A c = ctx.coefficient[k];
+      const A cr = ctx.staged ? ctx.restore[k] : A(0);  // warp-uniform
       A m_weight = A(0), v_weight = A(0);
       if constexpr (Adaptive) {
         m_weight = ctx.m_weight[k];
@@ -225,6 +238,7 @@ ZOTORCH_UNROLL
           for (int q = 0; q < 4; ++q) {
             const int e = j * kVec + b * static_cast<int>(kGaussianBlock) + q;
             s[e] = accumulate_value(s[e], c, z.z[q]);
+            if (cr != A(0)) r[e] = accumulate_value(r[e], cr, z.z[q]);
             if constexpr (Adaptive) {
               m[e] = accumulate_value(m[e], m_weight, z.z[q]);
               v[e] = accumulate_square(v[e], v_weight, z.z[q]);
@@ -235,29 +249,46 @@ ZOTORCH_UNROLL
     }
   }
 
-  /// y = update(x), one rounding (stochastic for 16-bit types when asked), and the write back.
+  /// The stochastic-rounding uniforms of the kVec elements from `first`: word q of block first/4 + b.
+  ZOTORCH_HD static void rounding_uniforms(uint64_t key, uint32_t tensor_id, int64_t first, float* uniform) {
+ZOTORCH_UNROLL
+    for (int b = 0; b < kVec / static_cast<int>(kRoundingBlock); ++b) {
+      const Words4 bits = noise_block(key, tensor_id, kRoundingProbe,
+                                      static_cast<uint64_t>(first / kRoundingBlock) + static_cast<uint64_t>(b));
+ZOTORCH_UNROLL
+      for (int q = 0; q < 4; ++q) uniform[b * kRoundingBlock + q] = half_open_uniform(bits.w[q]);
+    }
+  }
+
+  /// x ← round(x + r) when staged, y = update(x), one rounding (stochastic for 16-bit types when
+  /// asked), and the write back.
   ZOTORCH_HD void store(const Context& ctx, const SweepPlan& plan, int lane) const {
 ZOTORCH_UNROLL
     for (int j = 0; j < kSteps; ++j) {
       const int64_t first = ctx.start + step_offset(lane, j);
       if (first >= ctx.numel) continue;  // tail of the last tile
       float uniform[kVec];
+      float restore_uniform[kVec];
       if constexpr (Storage::is_16_bit) {
         if (plan.stochastic_rounding) {
-ZOTORCH_UNROLL
-          for (int b = 0; b < kVec / static_cast<int>(kRoundingBlock); ++b) {
-            const Words4 bits = noise_block(plan.rounding_key, ctx.tensor_id, kRoundingProbe,
-                                            static_cast<uint64_t>(first / kRoundingBlock) + static_cast<uint64_t>(b));
-ZOTORCH_UNROLL
-            for (int q = 0; q < 4; ++q) uniform[b * kRoundingBlock + q] = half_open_uniform(bits.w[q]);
-          }
+          rounding_uniforms(plan.rounding_key, ctx.tensor_id, first, uniform);
+          if (ctx.staged) rounding_uniforms(restore_rounding_key(plan.rounding_key), ctx.tensor_id, first, restore_uniform);
         }
       }
       S out[kVec];
 ZOTORCH_UNROLL
       for (int i = 0; i < kVec; ++i) {
         const int e = j * kVec + i;
-        const A x_wide = Storage::widen(x[e]);
+        A x_wide = Storage::widen(x[e]);
+        if (ctx.staged) {
+          // The restore rounding (sweep.h): θ' = round(θ + r), as a restore sweep of its own stores it.
+          if constexpr (Storage::is_16_bit) {
+            x_wide = plan.stochastic_rounding ? restore_value_stochastic<Storage>(x_wide, r[e], restore_uniform[i])
+                                              : restore_value<Storage>(x_wide, r[e]);
+          } else {
+            x_wide = restore_value<Storage>(x_wide, r[e]);
+          }
+        }
         A y;
         if constexpr (Adaptive) {
           y = adaptive_update(ctx.keep, x_wide, s[e], m[e], v[e], ctx.step, ctx.stab);

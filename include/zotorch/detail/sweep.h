@@ -1,8 +1,12 @@
 // The one fused operation every optimizer step is made of (docs/design.md "The one fused operation"):
-//   θ[j] ← round( keep_g·θ[j] + Σ_k (keep_g·alpha_k + lr_g·beta_k)·z_k[j]  [ − lr_g·scale·m[j]/(√v[j] + stab) ] )
-// i.e. keep·(θ + Σ alpha·z) + Σ lr·beta·z: the decoupled decay applies to θ with its perturbation
-// offsets (the alpha terms) removed, as the algorithms decay the unperturbed parameters;
+//   θ'[j] ← round( θ[j] + Σ_k restore_k·z_k[j] )                      (only when a term has restore ≠ 0)
+//   θ[j]  ← round( keep_g·θ'[j] + Σ_k (keep_g·alpha_k + lr_g·beta_k)·z_k[j]  [ − lr_g·scale·m[j]/(√v[j] + stab) ] )
+// i.e. the offsets being removed (restore terms) come off first with a rounding of their own, as a
+// separate restore sweep would round them, then keep·(θ' + Σ alpha·z) + Σ lr·beta·z: the decoupled
+// decay applies to the unperturbed θ', as the algorithms decay the unperturbed parameters;
 // m = Σ_k m_weight_k·z_k and v = Σ_k v_weight_k·z_k² for the adaptive (AdaMeZO) variant.
+// Both roundings happen in registers, so the sweep still reads and writes each element once
+// (docs/numerics.md "Fused transitions").
 // This file holds the plan both backends execute and the element-level arithmetic they share.
 #pragma once
 
@@ -30,6 +34,9 @@ struct SweepTerm {
   double beta = 0;      ///< coefficient multiplied by the group's lr (the update)
   double m_weight = 0;  ///< adaptive variant: weight in the first moment m
   double v_weight = 0;  ///< adaptive variant: weight in the second moment v
+  /// Coefficient of an offset being removed (−alpha of an applied perturbation): summed over the
+  /// terms and added to θ first, then rounded to the storage type on its own (staged_plan).
+  double restore = 0;
 };
 
 /// Per param group scalars: the group's lr and keep = 1 − lr·weight_decay (decoupled decay).
@@ -58,6 +65,26 @@ struct SweepPlan {
     return *this;
   }
 };
+
+/// Whether the plan's restore terms get their own rounding before the rest of the sweep: there are
+/// restore terms and something else to do. A plan of restore terms alone is a plain restore sweep
+/// and takes the single-rounding path, where restore_k acts as an alpha (resolve_coefficient).
+ZOTORCH_HD_INLINE bool staged_plan(const SweepPlan& plan) {
+  bool restores = false, rest = plan.adaptive;
+  for (int k = 0; k < plan.num_terms; ++k) {
+    const SweepTerm& t = plan.terms[k];
+    restores = restores || t.restore != 0;
+    rest = rest || t.alpha != 0 || t.beta != 0 || t.m_weight != 0 || t.v_weight != 0;
+  }
+  for (int g = 0; g < plan.num_groups; ++g) rest = rest || plan.groups[g].keep != 1;
+  return restores && rest;
+}
+
+/// Key of the stochastic-rounding uniforms of the restore rounding in a staged sweep: independent of
+/// the final rounding's, as two separate sweeps would draw them (docs/numerics.md "Fused transitions").
+ZOTORCH_HD_INLINE uint64_t restore_rounding_key(uint64_t rounding_key) {
+  return splitmix64(rounding_key ^ 0x52455354u);
+}
 
 /// One trainable tensor as the sweep sees it.
 struct ParamEntry {
@@ -185,6 +212,19 @@ template <class A>
 ZOTORCH_HD_INLINE A accumulate_square(A v, A w, float z) {
   const A wide = static_cast<A>(z);
   return add(v, mul(w, mul(wide, wide)));
+}
+
+/// The restore rounding of a staged sweep: x + r rounded to the storage type (round to nearest), as
+/// a restore sweep of its own would store it; exact in registers for float32/float64, where
+/// narrow is the identity and the add itself rounds.
+template <class Storage>
+ZOTORCH_HD_INLINE typename Storage::acc restore_value(typename Storage::acc x, typename Storage::acc r) {
+  return Storage::widen(Storage::narrow(add(x, r)));
+}
+/// The same with stochastic rounding, `uniform` from the restore rounding's own stream.
+template <class Storage>
+ZOTORCH_HD_INLINE float restore_value_stochastic(float x, float r, float uniform) {
+  return Storage::widen(narrow_stochastic<Storage>(add(x, r), uniform));
 }
 
 /// The new value before rounding: keep·x + s, then the adaptive correction when present.
