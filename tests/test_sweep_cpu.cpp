@@ -315,16 +315,20 @@ void plain_sweep(const ParamTable& table, Distribution dist, const std::vector<S
   apply_sweep(table, plan);
 }
 
-/// Two float32 tensors in two param groups (decay on the first), and a closure over them.
+/// Two float32 tensors in two param groups (decay on the first), and a closure over them. The
+/// tensors require grad, as trainable parameters do (the optimizers skip frozen ones).
 struct TwoGroups {
-  at::Tensor a = (at::randn({3000}) * 0.02).contiguous();
-  at::Tensor b = (at::randn({1111}) * 0.5).contiguous();
+  at::Tensor a = (at::randn({3000}) * 0.02).contiguous().requires_grad_(true);
+  at::Tensor b = (at::randn({1111}) * 0.5).contiguous().requires_grad_(true);
   ParamTable naive;
   TwoGroups() {
-    naive.entries.push_back({a.clone(), 0, 0});
-    naive.entries.push_back({b.clone(), 1, 1});
+    naive.entries.push_back({a.detach().clone(), 0, 0});
+    naive.entries.push_back({b.detach().clone(), 1, 1});
   }
-  at::Tensor loss() const { return (a - 0.01).square().sum() + (b * b * b).sum(); }
+  at::Tensor loss() const {
+    at::NoGradGuard no_grad;
+    return (a - 0.01).square().sum() + (b * b * b).sum();
+  }
   bool same() const {
     return bitwise_same(a, naive.entries[0].tensor) && bitwise_same(b, naive.entries[1].tensor);
   }
