@@ -427,10 +427,13 @@ struct CpuChunks {
     const int fused = (!Adaptive && plan.num_terms > 0) ? 1 : 0;  // terms added in the final pass
     const int stored = plan.num_terms - fused;                      // terms accumulated into s
     const bool staged = group.staged;
+    // r is needed only when a term before the final pass restores: FZOO's and MeZO's transitions
+    // put their one restore term last (Step::sweep_to), so their r stays in registers.
+    const bool stored_restores = staged && (Adaptive || !no_restore(group, 0, stored));
     if (Adaptive || stored > 0) {
       for (int i = 0; i < count; ++i) s[i] = A(0);
     }
-    if (staged) {
+    if (stored_restores) {
       for (int i = 0; i < count; ++i) r[i] = A(0);
     }
     if constexpr (Adaptive) {
@@ -507,7 +510,7 @@ struct CpuChunks {
       }
       ++k;
     }
-    const A* restores = staged ? r : nullptr;
+    const A* restores = stored_restores ? r : nullptr;
     if constexpr (Adaptive) {
       finish_adaptive(out, first_chunk, n, tensor_id, plan, group, s, m, v, restores);
     } else if (fused == 0) {
@@ -523,9 +526,9 @@ struct CpuChunks {
         philox_batch<Avx2, kCpuSpan>(last.key, tensor_id, last.probe, static_cast<uint64_t>(first_chunk), words);
       }
       if (stored > 0) {
-        finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, restores, cr);
+        finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, staged, restores, cr);
       } else {
-        finish_linear<false>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, restores, cr);
+        finish_linear<false>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, staged, restores, cr);
       }
     }
   }
@@ -585,15 +588,51 @@ struct CpuChunks {
     }
   }
 
+  /// One chunk of the final pass of a staged sweep: x ← round(x + r), r = stored(i) + cr·z, then
+  /// y = keep·x + partial + c·z, rounded. `stored` gives the restore terms accumulated before this
+  /// pass (a constant 0 when only the last term restores, so r stays in registers).
+  template <bool Partial, class StoredRestore>
+  ZOTORCH_CPU_INLINE static void staged_pass(S* o, const A* sc, A c, A cr, const uint32_t* last_words,
+                                             const SweepTerm* last, int ch, int64_t first_chunk, uint32_t tensor_id,
+                                             const SweepPlan& plan, A keep, const float* uniform,
+                                             StoredRestore stored) {
+    alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
+    if constexpr (Stochastic) {
+      rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+    }
+    if constexpr (Dist == Distribution::Rademacher) {
+      (void)last;
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t word = last_words[q * kCpuSpan + ch];
+        for (int b = 0; b < 32; ++b) {
+          const int i = 32 * q + b;
+          const uint32_t mask = sign_mask_of_bit(word, b);
+          const A partial = Partial ? sc[i] : A(0);
+          const A x = restored(Storage::widen(o[i]), accumulate_sign(stored(i), cr, mask), restore_uniform, i);
+          store(o, i, linear_update(keep, x, accumulate_sign(partial, c, mask)), uniform);
+        }
+      }
+    } else {
+      (void)last_words;
+      alignas(64) float z[kCpuChunk];
+      gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+      for (int i = 0; i < kCpuChunk; ++i) {
+        const A partial = Partial ? sc[i] : A(0);
+        const A x = restored(Storage::widen(o[i]), accumulate_value(stored(i), cr, z[i]), restore_uniform, i);
+        store(o, i, linear_update(keep, x, accumulate_value(partial, c, z[i])), uniform);
+      }
+    }
+  }
+
   /// The pass over θ of a linear sweep: s (from the array when Partial, else 0) plus the last term
-  /// c·z, then y = keep·x + s, then one rounding. `last` is null when there is no term. When
-  /// `restores` is not null (a staged sweep), x is first replaced by round(x + r), r = restores[i]
-  /// plus the last term's cr·z.
+  /// c·z, then y = keep·x + s, then one rounding. `last` is null when there is no term. In a staged
+  /// sweep x is first replaced by round(x + r), r = restores[i] (0 when `restores` is null) plus the
+  /// last term's cr·z.
   template <bool Partial>
   ZOTORCH_CPU_INLINE static void finish_linear(S* out, int64_t first_chunk, int n, uint32_t tensor_id,
                                                const SweepPlan& plan, const ResolvedGroup<A>& group, const A* s, A c,
                                                const uint32_t* last_words, const SweepTerm* last = nullptr,
-                                               const A* restores = nullptr, A cr = A(0)) {
+                                               bool staged = false, const A* restores = nullptr, A cr = A(0)) {
     const A keep = group.keep;
     for (int ch = 0; ch < n; ++ch) {
       S* o = out + ch * kCpuChunk;
@@ -602,32 +641,14 @@ struct CpuChunks {
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
       if (last == nullptr) {
         for (int i = 0; i < kCpuChunk; ++i) store(o, i, linear_update(keep, Storage::widen(o[i]), sc[i]), uniform);
-      } else if (restores != nullptr) {
+      } else if (staged && restores == nullptr) {
+        // Only the last term restores: r = cr·z in registers (0 + cr·z is exact, as below).
+        staged_pass<Partial>(o, sc, c, cr, last_words, last, ch, first_chunk, tensor_id, plan, keep, uniform,
+                             [](int) { return A(0); });
+      } else if (staged) {
         const A* rc = restores + ch * kCpuChunk;
-        alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
-        if constexpr (Stochastic) {
-          rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
-        }
-        if constexpr (Dist == Distribution::Rademacher) {
-          for (int q = 0; q < 4; ++q) {
-            const uint32_t word = last_words[q * kCpuSpan + ch];
-            for (int b = 0; b < 32; ++b) {
-              const int i = 32 * q + b;
-              const uint32_t mask = sign_mask_of_bit(word, b);
-              const A partial = Partial ? sc[i] : A(0);
-              const A x = restored(Storage::widen(o[i]), accumulate_sign(rc[i], cr, mask), restore_uniform, i);
-              store(o, i, linear_update(keep, x, accumulate_sign(partial, c, mask)), uniform);
-            }
-          }
-        } else {
-          alignas(64) float z[kCpuChunk];
-          gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
-          for (int i = 0; i < kCpuChunk; ++i) {
-            const A partial = Partial ? sc[i] : A(0);
-            const A x = restored(Storage::widen(o[i]), accumulate_value(rc[i], cr, z[i]), restore_uniform, i);
-            store(o, i, linear_update(keep, x, accumulate_value(partial, c, z[i])), uniform);
-          }
-        }
+        staged_pass<Partial>(o, sc, c, cr, last_words, last, ch, first_chunk, tensor_id, plan, keep, uniform,
+                             [rc](int i) { return rc[i]; });
       } else if constexpr (Dist == Distribution::Rademacher) {
         for (int q = 0; q < 4; ++q) {
           const uint32_t word = last_words[q * kCpuSpan + ch];
