@@ -293,7 +293,9 @@ TEST_CASE("DataParallel turns a failed all-reduce into an error that says what t
                     Catch::Contains("the all-reduce of the losses of step 1 failed on rank 0 of 2 (scripted)") &&
                         Catch::Contains("restart them from the last checkpoint") &&
                         Catch::Contains("Connection closed by peer"));
-  CHECK(zotorch_test::max_ulps(params, before) <= 2);  // restored, up to the rounding of the sweeps
+  // Restored up to the rounding of the sweeps: perturb, restore, perturb, restore (each restore is
+  // rounded on its own, docs/algorithms.md "Numerics"), each within half an ulp of its larger operand.
+  CHECK(zotorch_test::max_ulps(params, before) <= 4);
   CHECK(opt.steps() == 1);
   // This rank missed a collective the others may have run: it must not go on.
   group->fail_with.clear();

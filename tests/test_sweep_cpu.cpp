@@ -289,6 +289,7 @@ TEST_CASE("A plan of restore terms alone is a plain one-rounding restore sweep",
       as_restore.distribution = as_alpha.distribution = dist;
       as_restore.stochastic_rounding = as_alpha.stochastic_rounding = true;
       as_restore.rounding_key = as_alpha.rounding_key = 42;
+      as_restore.num_groups = as_alpha.num_groups = 2;  // make_table's tensors are in groups 0 and 1
       as_restore.add_term({5, 2, 0, 0, 0, 0, -1e-3});
       as_alpha.add_term({5, 2, -1e-3, 0, 0, 0});
       CHECK(!staged_plan(as_restore));
