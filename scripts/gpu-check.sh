@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The one command for a lent GPU machine (torch in the system python, nvcc, no network): configure
 # for sm_90 against that torch, build, run ctest with the CUDA tests, the CUDA benchmarks and
-# compute-sanitizer, and write every log flat under $OUT (8 files at most). Needs .deps/ from
+# compute-sanitizer, and write every log flat under $OUT (9 files at most). Needs .deps/ from
 # scripts/fetch-gpu-deps.sh (Catch2, and ninja/cmake wheels in case the machine has none).
 #
-#   scripts/gpu-check.sh [all | build | test | bench | sanitize]...     (default: all)
+#   scripts/gpu-check.sh [all | build | test | bench | sanitize | lm]...     (default: all)
 #
 # Phases are separate so that each fits a 10-minute command: `build` first, then `test bench`, then
-# `sanitize`; the build directory ($ZOTORCH_GPU_BUILD, default build-gpu/) is reused between calls.
+# `sanitize`, then `lm`; the build directory ($ZOTORCH_GPU_BUILD, default build-gpu/) is reused.
+# `lm` fine-tunes SmolLM2-135M's shape with examples/finetune_lm in bfloat16 on the GPU for about
+# LM_SECONDS (default 180) per method and records steps/s and peak memory. The machine cannot
+# convert the model (no `gguf`, no registry), so when LM_MODEL (default models/smollm2-135m-instruct)
+# holds only config.json and tokenizer.json (small enough to carry) the weights are random:
+# speed and memory depend on the shape only, accuracy is then meaningless and not reported.
 # Environment: OUT (log folder, default out/gpu-check), PYTHON (default python3), CUDA_ARCH
 # (default 90), JOBS (default 16), ZOTORCH_DEPS (default .deps), TARGETS (build only these).
 # Exit status: 0 when every phase that ran passed, 1 otherwise; summary.txt says which failed.
@@ -23,7 +28,7 @@ arch="${CUDA_ARCH:-90}"
 jobs="${JOBS:-16}"
 mkdir -p "$out" "$build"
 
-# The 8 files under $OUT.
+# The 9 files under $OUT.
 env_log="$out/env.txt"
 build_log="$out/build.log"
 ctest_log="$out/ctest.log"
@@ -197,16 +202,67 @@ do_sanitize() {
   return $status
 }
 
+do_lm() {
+  local program="$build/examples/finetune_lm/finetune_lm"
+  [[ -x "$program" ]] || { echo "missing $program; run the build phase first" >>"$lm_log"; return 1; }
+  local model="${LM_MODEL:-$root/models/smollm2-135m-instruct}" seconds="${LM_SECONDS:-180}"
+  [[ -f "$model/config.json" && -f "$model/tokenizer.json" ]] ||
+    { echo "no config.json/tokenizer.json in $model (carry it: scripts/fetch-llm.sh --tokenizer-only)" >>"$lm_log"; return 1; }
+  local data="$root/data/polarity"
+  [[ -f "$data/train.tsv" ]] || { echo "no $data/train.tsv (carry data/polarity)" >>"$lm_log"; return 1; }
+  if [[ ! -f "$model/model.safetensors" && ! -f "$model/model.bf16.safetensors" ]]; then
+    echo "## random bfloat16 weights of the shape in $model/config.json (speed and memory only)" >>"$lm_log"
+    "$python" - "$model" >>"$lm_log" 2>&1 <<'PY' || return 1
+import json, sys, torch
+from safetensors.torch import save_file
+d = sys.argv[1]; c = json.load(open(d + "/config.json")); g = torch.Generator().manual_seed(0)
+H, I, V = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+kv = H // c["num_attention_heads"] * c["num_key_value_heads"]
+shapes = {"model.embed_tokens.weight": (V, H), "model.norm.weight": (H,)}
+for i in range(c["num_hidden_layers"]):
+    p = f"model.layers.{i}."
+    shapes.update({p + "self_attn.q_proj.weight": (H, H), p + "self_attn.k_proj.weight": (kv, H),
+                   p + "self_attn.v_proj.weight": (kv, H), p + "self_attn.o_proj.weight": (H, H),
+                   p + "mlp.gate_proj.weight": (I, H), p + "mlp.up_proj.weight": (I, H),
+                   p + "mlp.down_proj.weight": (H, I), p + "input_layernorm.weight": (H,),
+                   p + "post_attention_layernorm.weight": (H,)})
+w = {n: (torch.ones(s) if len(s) == 1 else torch.randn(s, generator=g) * 0.02).to(torch.bfloat16) for n, s in shapes.items()}
+save_file(w, d + "/model.bf16.safetensors")
+print(len(w), "tensors,", sum(t.numel() for t in w.values()), "parameters")
+PY
+  fi
+  local status=0 method
+  for method in fzoo mezo adamezo adam; do
+    echo "## finetune_lm --device cuda --dtype bfloat16 --optimizer $method (about $seconds s)" >>"$lm_log"
+    # A budget far beyond the time limit: the progress lines give steps/s; timeout ends the run.
+    timeout "$seconds" "$program" --model "$model" --train "$data/train.tsv" --dev "$data/dev.tsv" \
+      --test "$data/test.tsv" --device cuda --dtype bfloat16 --optimizer "$method" --mode full \
+      --budget-forward-passes 1000000 --batch 16 --out "$out/lm-$method" >>"$lm_log" 2>&1
+    local rc=$?
+    [[ $rc == 0 || $rc == 124 ]] || status=1
+    grep -E ' \| fp ' "$lm_log" | tail -n 1 >>"$summary"
+  done
+  # The same shape through the step benchmark: ZO step against an inference forward, and Adam.
+  local bench="$build/benchmarks/bench_step"
+  if [[ -x "$bench" ]]; then
+    echo "## bench_step --device cuda --dtype bfloat16 --size smollm2-135m" >>"$lm_log"
+    timeout 300 "$bench" --device cuda --dtype bfloat16 --size smollm2-135m >>"$lm_log" 2>&1 || status=1
+  fi
+  nvidia-smi --query-gpu=memory.used,memory.total --format=csv >>"$lm_log" 2>&1
+  return $status
+}
+
 phases=("$@")
 [[ ${#phases[@]} -gt 0 ]] || phases=(all)
 for p in "${phases[@]}"; do
   case "$p" in
-    all) phase build do_build; phase test do_test; phase bench do_bench; phase sanitize do_sanitize ;;
+    all) phase build do_build; phase test do_test; phase bench do_bench; phase sanitize do_sanitize; phase lm do_lm ;;
     build) phase build do_build ;;
     test) phase test do_test ;;
     bench) phase bench do_bench ;;
     sanitize) phase sanitize do_sanitize ;;
-    *) echo "usage: scripts/gpu-check.sh [all|build|test|bench|sanitize]..." >&2; exit 2 ;;
+    lm) phase lm do_lm ;;
+    *) echo "usage: scripts/gpu-check.sh [all|build|test|bench|sanitize|lm]..." >&2; exit 2 ;;
   esac
 done
 exit $failed
