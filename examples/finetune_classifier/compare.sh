@@ -82,28 +82,9 @@ run_method() {
     return 1
   fi
 }
-# The zero-shot run above built the frozen-layer cache, so parallel runs only read it. Progress
-# lines of the running methods are echoed as they appear.
-queue=($methods)
-declare -A shown=()
-while (( ${#queue[@]} )) || [[ -n "$(jobs -rp)" ]]; do
-  while (( ${#queue[@]} )) && (( $(jobs -rp | wc -l) < jobs )); do
-    run_method "${queue[0]}" &
-    queue=("${queue[@]:1}")
-  done
-  sleep 3
-  for method in $methods; do
-    line="$(grep -h ' | fp ' "$out/$method/log.txt" 2>/dev/null | tail -n 1 || true)"
-    if [[ -n "$line" && "$line" != "${shown[$method]:-}" ]]; then
-      echo "  [$method]${line#  }"
-      shown[$method]="$line"
-    fi
-  done
-done
-wait
-for method in $methods; do
-  [[ -f "$out/$method/summary.json" ]] || { echo "compare.sh: $method wrote no summary.json; see $out/$method/log.txt" >&2; exit 1; }
-done
+# The zero-shot run above built the frozen-layer cache, so parallel runs only read it.
+source "$root/examples/common/compare_lib.sh"
+compare_run_queue "$methods" "$jobs" "$out" run_method
 
 # The table needs only Python's standard library; the plot uses Debian's python3-matplotlib
 # (scripts/bootstrap.sh installs it), so nothing is installed at run time.
