@@ -13,6 +13,11 @@ Tables:
   code point, where it differs (Hangul syllables are decomposed in C++ and checked here);
 * lowercase: what its lowercasing leaves, where it differs.
 The C++ side applies them in BertNormalizer's order: clean, CJK, strip accents, lowercase.
+* byte-level BPE classes per code point (run-length encoded), for examples/common/bpe.h: what the
+  Digits(individual_digits=true) pre-tokeniser isolates, and which of the GPT-2 pattern's classes
+  \p{L}, \p{N} and \s (as the ByteLevel pre-tokeniser's regex engine reads them) it falls in. They
+  come from the pre-tokenisers themselves, not from Python's unicodedata, whose Unicode version and
+  idea of whitespace differ from the Rust side's.
 
 Usage: .venv/bin/python scripts/make_unicode_tables.py > examples/common/unicode_tables.h
 (needs `pip install tokenizers` in that environment)
@@ -23,6 +28,29 @@ import tokenizers
 from tokenizers import normalizers, pre_tokenizers
 
 DROP, CLEAN_SPACE, CJK, SPLIT_SPACE, PUNCT = 1, 2, 4, 8, 16
+BPE_LETTER, BPE_NUMBER, BPE_SPACE, BPE_DIGIT = 1, 2, 4, 8
+
+
+def bpe_class(digits, byte_level, c):
+    """The byte-level BPE class bits of character c, read off the pre-tokenisers' splits."""
+    f = 0
+    if len(digits.pre_tokenize_str("a%sa" % c)) == 3:
+        f |= BPE_DIGIT
+    # In the GPT-2 pattern " ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+", c continues the piece
+    # started by "a" only if it is a letter, by "1" only if a number, by "!" only if neither nor \s.
+    joins = [len(byte_level.pre_tokenize_str(lead + c)) == 1 for lead in ("a", "1", "!")]
+    if sum(joins) > 1:
+        sys.exit("make_unicode_tables: U+%04X joins more than one of the GPT-2 pattern's classes" % ord(c))
+    if joins[0]:
+        f |= BPE_LETTER
+    elif joins[1]:
+        f |= BPE_NUMBER
+    elif not joins[2]:
+        # Whitespace: a run of it at the end is one piece, split from the letter before it.
+        if len(byte_level.pre_tokenize_str("a%s%s" % (c, c))) != 2:
+            sys.exit("make_unicode_tables: U+%04X is in no class of the GPT-2 pattern" % ord(c))
+        f |= BPE_SPACE
+    return f
 
 
 def bert(clean=False, cjk=False, strip=False, lower=False):
@@ -41,12 +69,16 @@ def main():
     clean, cjk = bert(clean=True), bert(cjk=True)
     strip, lower = bert(strip=True), bert(lower=True)
     pre = pre_tokenizers.BertPreTokenizer()
-    flags, strips, lowers = [], [], []
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    flags, strips, lowers, bpe = [], [], [], []
     for cp in range(0x110000):
         if 0xD800 <= cp < 0xE000:
             flags.append(DROP)  # not representable in Python/Rust strings; C++ decodes them to U+FFFD
+            bpe.append(0)  # bpe.h keeps malformed UTF-8 as single bytes of no class
             continue
         c = chr(cp)
+        bpe.append(bpe_class(digits, byte_level, c))
         f = 0
         cleaned = clean.normalize_str(c)
         if cleaned == "":
@@ -116,9 +148,23 @@ def main():
                 row.append("{0x%X, %d, {0x%X, 0x%X, 0x%X}}," % (cp, len(to), *codes))
             out.write("    " + " ".join(row) + "\n")
         out.write("};\n\n")
+
+    out.write("/// Byte-level BPE classes (examples/common/bpe.h): the GPT-2 pattern's \\p{L}, \\p{N} and \\s as the\n"
+              "/// ByteLevel pre-tokenizer's regex engine reads them, and what Digits(individual_digits) isolates.\n")
+    out.write("enum BpeClass : uint8_t {\n  kBpeLetter = %d,\n  kBpeNumber = %d,\n  kBpeSpace = %d,\n  kBpeDigit = %d,\n};\n\n"
+              % (BPE_LETTER, BPE_NUMBER, BPE_SPACE, BPE_DIGIT))
+    bpe_runs = []
+    for cp, f in enumerate(bpe):
+        if not bpe_runs or bpe_runs[-1][1] != f:
+            bpe_runs.append((cp, f))
+    out.write("/// BPE class runs: entry i covers code points [first_i, first_{i+1}) (FlagRun's layout).\n")
+    out.write("inline constexpr FlagRun kBpeRuns[] = {\n")
+    for i in range(0, len(bpe_runs), 6):
+        out.write("    " + " ".join("{0x%X, %d}," % r for r in bpe_runs[i:i + 6]) + "\n")
+    out.write("};\n\n")
     out.write("}  // namespace zotorch::examples::unicode\n")
-    print("make_unicode_tables: %d flag runs, %d strip and %d lowercase mappings" % (len(runs), len(strips), len(lowers)),
-          file=sys.stderr)
+    print("make_unicode_tables: %d flag runs, %d strip and %d lowercase mappings, %d BPE class runs"
+          % (len(runs), len(strips), len(lowers), len(bpe_runs)), file=sys.stderr)
 
 
 if __name__ == "__main__":
