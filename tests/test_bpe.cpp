@@ -65,7 +65,7 @@ std::string bpe_show(const std::vector<int64_t>& ids) {
 }
 
 struct BpeFixtureResult {
-  size_t cases = 0, mismatches = 0, bad_decodes = 0;
+  size_t cases = 0, mismatches = 0, bad_decodes = 0, bytes = 0;
   double seconds = 0;
 };
 
@@ -91,6 +91,7 @@ BpeFixtureResult check_bpe_fixture_file(const ByteLevelBPE& tok, const std::stri
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   for (size_t i = 0; i < cases.size(); ++i) {
     ++r.cases;
+    r.bytes += cases[i].first.size();
     if (got[i] != cases[i].second && ++r.mismatches <= 20) {
       FAIL_CHECK(path << "\n  text: " << Json(cases[i].first).dump() << "\n  expected: " << bpe_show(cases[i].second)
                       << "\n  got:      " << bpe_show(got[i]));
@@ -174,8 +175,9 @@ TEST_CASE("ByteLevelBPE gives exactly Hugging Face tokenizers' SmolLM2 ids on ev
   size_t total = 0;
   for (const auto& f : files) {
     const BpeFixtureResult r = check_bpe_fixture_file(tok, f);
-    std::printf("bpe fixture %s: %zu cases, %zu id mismatches, %zu decode mismatches, %.0f strings/s\n", f.c_str(),
-                r.cases, r.mismatches, r.bad_decodes, r.cases / std::max(r.seconds, 1e-9));
+    std::printf("bpe fixture %s: %zu cases, %zu id mismatches, %zu decode mismatches; encode %.0f strings/s, %.1f MB/s\n",
+                f.c_str(), r.cases, r.mismatches, r.bad_decodes, r.cases / std::max(r.seconds, 1e-9),
+                r.bytes / std::max(r.seconds, 1e-9) / 1e6);
     CHECK(r.mismatches == 0);
     CHECK(r.bad_decodes == 0);
     total += r.cases;
