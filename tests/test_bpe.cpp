@@ -77,11 +77,14 @@ BpeFixtureResult check_bpe_fixture_file(const ByteLevelBPE& tok, const std::stri
   BpeFixtureResult r;
   std::vector<std::pair<std::string, std::vector<int64_t>>> cases;
   std::vector<std::string> decoded;
-  std::string line;
+  std::string line, meta;
   while (std::getline(in, line)) {
     if (line.empty()) continue;
     const Json j = Json::parse(line);
-    if (j.contains("meta")) continue;
+    if (j.contains("meta")) {
+      meta = j["meta"].dump();
+      continue;
+    }
     cases.emplace_back(j.at("text").get<std::string>(), j.at("ids").get<std::vector<int64_t>>());
     decoded.push_back(j.contains("decoded") ? j["decoded"].get<std::string>() : cases.back().first);
   }
@@ -93,8 +96,9 @@ BpeFixtureResult check_bpe_fixture_file(const ByteLevelBPE& tok, const std::stri
     ++r.cases;
     r.bytes += cases[i].first.size();
     if (got[i] != cases[i].second && ++r.mismatches <= 20) {
-      FAIL_CHECK(path << "\n  text: " << Json(cases[i].first).dump() << "\n  expected: " << bpe_show(cases[i].second)
-                      << "\n  got:      " << bpe_show(got[i]));
+      FAIL_CHECK(path << " " << meta << "\n  text: " << Json(cases[i].first).dump()
+                      << "\n  expected: " << bpe_show(cases[i].second) << "\n  got:      " << bpe_show(got[i])
+                      << "\n  (a different tokenizer.json than the fixture's sha256 needs make_bpe_fixtures.py)");
     }
     const std::string back = tok.decode(cases[i].second);
     if (back != decoded[i] && ++r.bad_decodes <= 20) {

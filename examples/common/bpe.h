@@ -464,7 +464,7 @@ class ByteLevelBPE {
     size_t part = 0;
     for (size_t i = 0; i <= chars.size(); ++i) {
       if (i == chars.size() || (chars[i].cls & unicode::kBpeDigit)) {
-        if (i > part) split_gpt2(chars.data() + part, i - part, end, piece);
+        if (i > part) split_gpt2(chars.data() + part, i - part, piece);
         if (i < chars.size()) piece(chars[i].off, chars[i].off + chars[i].len);
         part = i + 1;
       }
@@ -479,11 +479,10 @@ class ByteLevelBPE {
   }
 
   template <class F>
-  static void split_gpt2(const Char* c, size_t n, size_t text_end, F&& piece) {
+  static void split_gpt2(const Char* c, size_t n, F&& piece) {
     constexpr uint8_t L = unicode::kBpeLetter, N = unicode::kBpeNumber, S = unicode::kBpeSpace;
     const auto other = [](const Char& ch) { return (ch.cls & (L | N | S)) == 0; };
     const auto off = [&](size_t k) { return k < n ? static_cast<size_t>(c[k].off) : c[n - 1].off + c[n - 1].len; };
-    (void)text_end;
     size_t i = 0;
     while (i < n) {
       size_t j = i;
