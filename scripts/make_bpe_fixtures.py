@@ -11,6 +11,7 @@ with Hugging Face `tokenizers` on SmolLM2's tokenizer.json as the oracle:
                                    data/polarity/*.tsv (scripts/fetch-data.sh).
   data/bpe/debian.jsonl            not committed: the long descriptions of the Debian packages
                                    installed here (/var/lib/dpkg/status), one paragraph per case.
+  data/bpe/random.jsonl            with --random N: N random strings of any code points.
 
 Each file: a first line {"meta": {...}} (the tokenizers version and tokenizer.json's sha256), then
 one {"text": ..., "ids": [...]} per line; ids from encode(text, add_special_tokens=True), which the
@@ -20,7 +21,7 @@ model drops), the case also has "decoded": what tokenizers decodes.
 tests/test_bpe.cpp checks the committed file and every data/bpe/*.jsonl present.
 
 Setup: .venv/bin/pip install tokenizers; scripts/fetch-data.sh; scripts/fetch-llm.sh --tokenizer-only.
-Run:   .venv/bin/python scripts/make_bpe_fixtures.py [--tokenizer DIR/tokenizer.json]
+Run:   .venv/bin/python scripts/make_bpe_fixtures.py [--tokenizer DIR/tokenizer.json] [--random 20000]
 """
 import argparse
 import hashlib
@@ -123,6 +124,22 @@ def random_bpe_strings(n, seed):
     return out
 
 
+def random_code_point_strings(n, seed):
+    """Half palette strings, half any code points (mostly below U+3000, 30% from all planes)."""
+    rng = random.Random(seed)
+    out = random_bpe_strings(n // 2, seed)
+
+    def code_point():
+        while True:
+            c = rng.randint(0, 0x10FFFF) if rng.random() < 0.3 else rng.randint(0, 0x3000)
+            if not 0xD800 <= c < 0xE000:
+                return chr(c)
+    for _ in range(n - n // 2):
+        out.append("".join(code_point() if rng.random() < 0.5 else rng.choice(" \t\n'sa1 ")
+                           for _ in range(rng.randint(1, 40))))
+    return out
+
+
 def tokenizer_from_fetch_llm():
     script = os.path.join(ROOT, "scripts", "fetch-llm.sh")
     if not os.path.isfile(script):
@@ -187,6 +204,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures", "bpe_cases.jsonl"))
     ap.add_argument("--extra-dir", default=os.path.join(ROOT, "data", "bpe"),
                     help="where the uncommitted polarity and Debian cases go ('' to skip them)")
+    ap.add_argument("--random", type=int, default=0,
+                    help="also write N random strings of any code points to EXTRA_DIR/random.jsonl")
     args = ap.parse_args()
 
     import tokenizers
@@ -207,6 +226,9 @@ def main():
                     dict(meta, source="data/polarity (Pang & Lee 2005)"))
         write_cases(os.path.join(args.extra_dir, "debian.jsonl"), tok, debian_texts(),
                     dict(meta, source="/var/lib/dpkg/status long descriptions"))
+        if args.random:
+            write_cases(os.path.join(args.extra_dir, "random.jsonl"), tok, random_code_point_strings(args.random, 21),
+                        dict(meta, source="make_bpe_fixtures.py --random %d" % args.random))
 
 
 if __name__ == "__main__":
