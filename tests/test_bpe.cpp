@@ -250,4 +250,8 @@ TEST_CASE("ByteLevelBPE refuses a tokenizer.json whose pipeline it does not impl
   j = small_bpe_json();
   j["added_tokens"][0]["lstrip"] = true;
   CHECK_THROWS_WITH(ByteLevelBPE::from_file(write_bpe_json("lstrip", j)), Catch::Contains("lstrip true"));
+  j = small_bpe_json();
+  j["model"].erase("merges");
+  CHECK_THROWS_WITH(ByteLevelBPE::from_file(write_bpe_json("nomerges", j)),
+                    Catch::Contains("is not a tokenizer.json as expected") && Catch::Contains("merges"));
 }

@@ -45,7 +45,9 @@ class ByteLevelBPE {
     ByteLevelBPE t;
     try {
       t.load(j, tokenizer_json);
-    } catch (const Json::exception& e) {
+    } catch (const c10::Error&) {
+      throw;
+    } catch (const std::exception& e) {  // a missing key or a wrong type (nlohmann, json_value)
       TORCH_CHECK(false, kName, ": ", tokenizer_json, " is not a tokenizer.json as expected: ", e.what());
     }
     return t;
@@ -134,7 +136,6 @@ class ByteLevelBPE {
 
   ByteLevelBPE() = default;
 
- private:
   // ---- bytes_to_unicode: GPT-2's reversible map of the 256 bytes onto printable code points ----
   /// Printable Latin-1 bytes map to themselves; the others, in byte order, to U+0100, U+0101, ...
   static std::array<uint32_t, 256> byte_to_code_point() {
