@@ -14,6 +14,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <unistd.h>
@@ -228,6 +229,29 @@ TEST_CASE("ByteLevelBPE merges by rank, maps bytes GPT-2's way, and decodes malf
   CHECK(tok.decode_bytes(tok.encode(bad)) == bad);
   CHECK(tok.decode(tok.encode(bad)) == "a\uFFFD\uFFFD b\uFFFD");
   CHECK_THROWS_WITH(tok.decode({260}), Catch::Contains("token id 260 is outside [0, 260)"));
+}
+
+TEST_CASE("ByteLevelBPE encodes from 4 threads at once with the serial results (the shared piece cache is locked)",
+          "[bpe]") {
+  const ByteLevelBPE tok = ByteLevelBPE::from_file(write_bpe_json("threads", small_bpe_json()));
+  std::vector<std::string> texts;
+  for (int i = 0; i < 2000; ++i) texts.push_back(" the" + std::to_string(i) + " t" + std::string(i % 7, 'h') + "e\n");
+  std::vector<std::vector<int64_t>> serial;
+  for (const auto& t : texts) serial.push_back(tok.encode(t));
+  const ByteLevelBPE copy = tok;  // copies share the cache
+  std::vector<size_t> wrong(4, 0);
+  std::vector<std::thread> threads;
+  for (size_t k = 0; k < 4; ++k) {
+    threads.emplace_back([&, k] {
+      const ByteLevelBPE& t = k % 2 ? copy : tok;
+      for (size_t i = 0; i < texts.size(); ++i) {
+        const size_t j = (i * 7 + k * 500) % texts.size();
+        if (t.encode(texts[j]) != serial[j]) ++wrong[k];
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(wrong == std::vector<size_t>(4, 0));
 }
 
 TEST_CASE("ByteLevelBPE refuses a tokenizer.json whose pipeline it does not implement, naming the field", "[bpe]") {
