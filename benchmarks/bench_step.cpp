@@ -1,10 +1,10 @@
-// Optimizer step cost on a decoder LM (examples/common/decoder.h): wall time, time inside the
+// Optimizer step cost on a Llama-architecture LM (examples/common/llama.h): wall time, time inside the
 // closure, the optimizer's overhead (the difference), peak memory against inference, and state size,
 // for MeZO, AdaMeZO, FZOO and backprop Adam. JSON lines on stdout (the fields peers/bench_step.py
 // prints too, so benchmarks/compare.sh can pair them), a table on stderr. docs/performance.md.
 #include "counting_allocator.h"
 
-#include "../examples/common/decoder.h"
+#include "../examples/common/llama.h"
 #include "../examples/common/safetensors.h"
 
 #include <zotorch/zotorch.h>
@@ -28,8 +28,8 @@
 
 namespace {
 
-using zotorch::examples::DecoderConfig;
-using zotorch::examples::DecoderLM;
+using zotorch::examples::LlamaConfig;
+using zotorch::examples::LlamaForCausalLM;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
@@ -53,11 +53,11 @@ struct Options {
 [[noreturn]] void usage(const std::string& message) {
   std::fprintf(stderr,
                "bench_step: %s\n"
-               "usage: bench_step [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--size tiny|small|medium|125m]\n"
+               "usage: bench_step [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--size tiny|small|medium|smollm2-135m]\n"
                "                  [--batch B] [--seq T] [--methods mezo,adamezo,fzoo,adam] [--steps N] [--warmup N]\n"
                "                  [--threads N] [--window H] [--num-perturbations N] [--weights FILE.safetensors]\n"
                "                  [--seed S] [--smoke]\n"
-               "Defaults: cpu: --size tiny --batch 2 --seq 64; cuda: --size 125m --batch 16 --seq 128. --steps 5 --warmup 1.\n"
+               "Defaults: cpu: --size tiny --batch 2 --seq 64; cuda: --size smollm2-135m --batch 16 --seq 128. --steps 5 --warmup 1.\n"
                "Prints one JSON line per method on stdout and a table on stderr (docs/performance.md).\n",
                message.c_str());
   std::exit(2);
@@ -130,9 +130,9 @@ Options parse(int argc, char** argv) {
       usage("unknown argument " + arg);
     }
   }
-  // CPU: small enough for a 2-core machine. CUDA: issue 6's target, OPT-125m's shape at 16 x 128 tokens.
+  // CPU: small enough for a 2-core machine. CUDA: a 125M-class model (SmolLM2-135M's shape) at 16 x 128 tokens.
   const bool cuda = o.device == "cuda";
-  if (o.size.empty()) o.size = cuda ? "125m" : "tiny";
+  if (o.size.empty()) o.size = cuda ? "smollm2-135m" : "tiny";
   if (o.batch == 0) o.batch = cuda ? 16 : 2;
   if (o.seq == 0) o.seq = cuda ? 128 : 64;
   if (o.smoke) {  // keep ctest's start-up check to seconds: every code path, nothing measured
@@ -259,20 +259,22 @@ static int run(const Options& opt) {
   // Installed before the model exists, so that every CPU tensor of the run is counted.
   MemoryMeter meter(device);
 
-  DecoderConfig config;
+  LlamaConfig config;
   try {
-    config = DecoderConfig::preset(opt.size);
+    config = LlamaConfig::preset(opt.size);
   } catch (const c10::Error& e) {
     usage(e.what_without_backtrace());
   }
-  if (opt.seq > config.max_positions) usage("--seq exceeds the preset's max_positions " + std::to_string(config.max_positions));
-  DecoderLM model(config);
+  if (opt.seq > config.max_position_embeddings) {
+    usage("--seq exceeds the preset's max_position_embeddings " + std::to_string(config.max_position_embeddings));
+  }
+  LlamaForCausalLM model(config);
   if (!opt.weights.empty() && std::filesystem::exists(opt.weights)) {
-    zotorch::examples::load_decoder_weights(model, zotorch::examples::load_safetensors(opt.weights), opt.weights);
+    zotorch::examples::load_llama_weights(model, zotorch::examples::load_safetensors(opt.weights), opt.weights);
   } else {
     model->init_weights(opt.seed);
     if (!opt.weights.empty()) {
-      zotorch::examples::save_safetensors(opt.weights, zotorch::examples::decoder_weights(model), config.to_metadata());
+      zotorch::examples::save_safetensors(opt.weights, zotorch::examples::llama_weights(model), config.to_metadata());
     }
   }
   model->to(device, dtype);
@@ -431,7 +433,7 @@ static int run(const Options& opt) {
     std::fflush(stdout);
   }
 
-  std::fprintf(stderr, "\nbench_step: %s %s, %s decoder (%lld params), batch %lld x %lld tokens, %d threads, median of %d steps\n",
+  std::fprintf(stderr, "\nbench_step: %s %s, %s Llama (%lld params), batch %lld x %lld tokens, %d threads, median of %d steps\n",
                opt.device.c_str(), opt.dtype.c_str(), opt.size.c_str(), static_cast<long long>(params),
                static_cast<long long>(opt.batch), static_cast<long long>(opt.seq), at::get_num_threads(), opt.steps);
   std::fprintf(stderr, "%-8s %10s %10s %10s %7s %10s %4s %4s %11s %11s %11s\n", "method", "step ms", "closure", "overhead",

@@ -8,7 +8,7 @@
 #                         [--out DIR] [--build DIR]
 #
 # Defaults: cpu: sizes tiny,small,medium at 2 x 64 tokens (about 10 minutes on 2 cores);
-#           cuda: sizes tiny,small,medium,125m at 16 x 128 tokens (issue 6's GPU target).
+#           cuda: sizes tiny,small,medium,smollm2-135m at 16 x 128 tokens (issue 6's GPU target).
 # Environment: PYTHON (default .venv/bin/python, else python3), BUILD_JOBS (default 2).
 # Output in --out (default out/compare-<device>): results.jsonl, table.md, overhead.png, run.txt.
 set -euo pipefail
@@ -33,7 +33,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ "$device" == cuda ]]; then
-  sizes="${sizes:-tiny,small,medium,125m}" batch="${batch:-16}" seq="${seq:-128}"
+  sizes="${sizes:-tiny,small,medium,smollm2-135m}" batch="${batch:-16}" seq="${seq:-128}"
 else
   sizes="${sizes:-tiny,small,medium}" batch="${batch:-2}" seq="${seq:-64}"
 fi

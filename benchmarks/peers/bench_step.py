@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The Python side of benchmarks/bench_step: the reference-style MeZO, AdaMeZO and FZOO steps of
-reference_steps.py (and torch.optim.Adam with backprop) on the same decoder, weights, batch and
+reference_steps.py (and torch.optim.Adam with backprop) on the same Llama model, weights, batch and
 measurement as the C++ benchmark, printing the same JSON fields with "impl": "peer".
 
   .venv/bin/python benchmarks/peers/bench_step.py --size small --batch 2 --seq 64 \
@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from decoder import PRESETS, DecoderLM, lm_loss, load_weights, save_weights, token_batch  # noqa: E402
+from llama import PRESETS, LlamaForCausalLM, lm_loss, load_weights, save_weights, token_batch  # noqa: E402
 from memory import MemoryMeter  # noqa: E402
 from reference_steps import AdaMeZOPeer, FZOOPeer, MeZOPeer  # noqa: E402
 
@@ -30,7 +30,7 @@ def parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    # Defaults as bench_step's: cpu tiny 2 x 64, cuda 125m 16 x 128.
+    # Defaults as bench_step's: cpu tiny 2 x 64, cuda smollm2-135m 16 x 128.
     ap.add_argument("--size", choices=list(PRESETS))
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq", type=int)
@@ -49,7 +49,7 @@ def parse():
         if m not in ("mezo", "adamezo", "fzoo", "adam"):
             ap.error(f"--methods takes mezo, adamezo, fzoo, adam; got '{m}'")
     cuda = a.device == "cuda"
-    a.size = a.size or ("125m" if cuda else "tiny")
+    a.size = a.size or ("smollm2-135m" if cuda else "tiny")
     a.batch = a.batch or (16 if cuda else 2)
     a.seq = a.seq or (128 if cuda else 64)
     if a.smoke:
@@ -70,7 +70,7 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    model = DecoderLM(a.size)
+    model = LlamaForCausalLM(a.size)
     if a.weights and os.path.exists(a.weights):
         load_weights(model, a.weights)
     else:
@@ -207,7 +207,7 @@ def main():
         print(json.dumps(row), flush=True)
         rows.append(row)
 
-    print(f"\npeers/bench_step.py: {a.device} {a.dtype}, {a.size} decoder ({params} params), batch {a.batch} x "
+    print(f"\npeers/bench_step.py: {a.device} {a.dtype}, {a.size} Llama ({params} params), batch {a.batch} x "
           f"{a.seq} tokens, {torch.get_num_threads()} threads, median of {a.steps} steps", file=sys.stderr)
     print(f"{'method':8} {'step ms':>10} {'closure':>10} {'overhead':>10} {'ovh %':>7} {'ovh cpu ms':>10} {'FP':>4} {'swp':>4} "
           f"{'peak MiB':>11} {'infer MiB':>11} {'state B':>11}", file=sys.stderr)
