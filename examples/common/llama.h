@@ -4,7 +4,7 @@
 // checkpoint loads by name with nothing renamed. benchmarks/peers/llama.py is an independent PyTorch
 // implementation with the same names; tests/test_llama.cpp holds both to the same logits. The
 // benchmarks' presets, loss and token batch live here too, so that bench_step and the Python peers
-// run the identical model (docs/performance.md "Model").
+// run the identical model (docs/performance.md "What is measured").
 #pragma once
 
 #include "files.h"
