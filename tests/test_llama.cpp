@@ -34,7 +34,7 @@ std::map<std::string, at::Tensor> llama_reference() {
   return out;
 }
 
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return (a.to(at::kFloat) - b.to(at::kFloat)).abs().max().item<double>(); }
+double llama_max_abs_diff(const at::Tensor& a, const at::Tensor& b) { return (a.to(at::kFloat) - b.to(at::kFloat)).abs().max().item<double>(); }
 
 /// A copy of the fixture directory whose model.safetensors is `edit`ed, for the loader's errors.
 fs::path edited_llama_dir(const std::string& tag, const std::function<void(NamedTensors&)>& edit) {
@@ -57,26 +57,27 @@ TEST_CASE("LlamaForCausalLM gives llama.py's float32 logits on right-padded rows
   const at::Tensor logits = model->forward(ref.at("input_ids"));
   REQUIRE(logits.sizes() == ref.at("logits").sizes());
   REQUIRE(logits.scalar_type() == at::kFloat);
-  CHECK(max_abs_diff(logits, ref.at("logits")) <= 1e-4);
+  CHECK(llama_max_abs_diff(logits, ref.at("logits")) <= 1e-4);
   CHECK(lm_loss(logits, ref.at("input_ids")).item<double>() == Approx(ref.at("loss").item<double>()).epsilon(1e-5));
   // The pieces of the contract agree with forward().
   CHECK(model->logits(model->hidden_states(ref.at("input_ids"))).equal(logits));
   CHECK(model->lm_head_weight().is_same(model->model->embed_tokens->weight));
 }
 
-TEST_CASE("LlamaForCausalLM in bfloat16 stays within 0.02 of llama.py's bfloat16 logits and 0.3 of the float32 ones", "[llama]") {
+TEST_CASE("LlamaForCausalLM in bfloat16 stays within 0.0625 of llama.py's bfloat16 logits and 0.3 of the float32 ones", "[llama]") {
   // The bfloat16 file holds the float32 weights rounded; both sides then compute in bfloat16 with
-  // float32 norm statistics and rotary angles. Measured 2026-11-30: <BF16_PEER> against llama.py's
-  // bfloat16 logits and <BF16_FP32> against the float32 logits (|logits| <= 5.5).
+  // float32 norm statistics and rotary angles. Measured 2026-11-30: 0 against llama.py's bfloat16
+  // logits (the same kernels; 0.0625 is two bfloat16 steps at the largest logits, |logits| <= 5.5,
+  // room for another CPU's GEMM blocking) and 0.136 against the float32 logits.
   const auto ref = llama_reference();
   LlamaForCausalLM model = load_llama(llama_fixture_dir().string(), at::kBFloat16);
   for (const auto& p : model->parameters()) REQUIRE(p.scalar_type() == at::kBFloat16);
   torch::NoGradGuard no_grad;
   const at::Tensor logits = model->forward(ref.at("input_ids"));
   REQUIRE(logits.scalar_type() == at::kBFloat16);
-  const double to_peer = max_abs_diff(logits, ref.at("logits_bf16")), to_fp32 = max_abs_diff(logits, ref.at("logits"));
+  const double to_peer = llama_max_abs_diff(logits, ref.at("logits_bf16")), to_fp32 = llama_max_abs_diff(logits, ref.at("logits"));
   INFO("bfloat16 against llama.py's bfloat16 " << to_peer << ", against float32 " << to_fp32);
-  CHECK(to_peer <= 0.02);
+  CHECK(to_peer <= 0.0625);
   CHECK(to_fp32 <= 0.3);
   // Without model.bf16.safetensors the float32 file is rounded on load: the same weights.
   const fs::path dir = edited_llama_dir("no_bf16", [](NamedTensors&) {});
@@ -97,7 +98,7 @@ TEST_CASE("LlamaForCausalLM: a right-padded row's real positions have the logits
   REQUIRE(length < ids.size(1));
   const at::Tensor alone = model->forward(ids.narrow(0, row, 1).narrow(1, 0, length));
   // Same arithmetic up to GEMM blocking for another shape.
-  CHECK(max_abs_diff(alone[0], padded[row].narrow(0, 0, length)) <= 1e-5);
+  CHECK(llama_max_abs_diff(alone[0], padded[row].narrow(0, 0, length)) <= 1e-5);
   at::Tensor changed = ids.clone();
   const int64_t t = ids.size(1) - 1;
   changed.select(1, t).add_(1).remainder_(model->config.vocab_size);
