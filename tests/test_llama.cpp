@@ -199,3 +199,24 @@ TEST_CASE("token_batch makes the ids the Python peers make", "[llama]") {
   // ((i * 2654435761 + 12345) mod vocab) for i = 0, 1, 2, as llama.py's token_batch.
   CHECK(token_batch(1, 3, 1000).equal(torch::tensor({345, 106, 867}, at::kLong).view({1, 3})));
 }
+
+TEST_CASE("SmolLM2-135M-Instruct, when installed, continues \"The capital of France is\" with \" Paris\" in float32 and bfloat16", "[llama][smollm2]") {
+  // The real model (scripts/fetch-llm.sh) proves what a random one cannot: the checkpoint's q/k rows
+  // are in the layout this code rotates (docs/examples.md "The language model: SmolLM2-135M-Instruct").
+  const char* env = std::getenv("ZOTORCH_LLAMA_DIR");
+  const fs::path dir = env ? fs::path(env) : fs::path(__FILE__).parent_path().parent_path() / "models" / "smollm2-135m-instruct";
+  if (!fs::exists(dir / "model.safetensors")) {
+    WARN("SmolLM2-135M-Instruct is not installed (run scripts/fetch-llm.sh or set ZOTORCH_LLAMA_DIR); skipping");
+    return;
+  }
+  // "The capital of France is" in its tokenizer (no BOS), and " Paris".
+  const at::Tensor prompt = torch::tensor({504, 3575, 282, 4649, 314}, at::kLong).view({1, 5});
+  const int64_t paris = 7042;
+  torch::NoGradGuard no_grad;
+  for (const at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+    INFO(dtype);
+    LlamaForCausalLM model = load_llama(dir.string(), dtype);
+    CHECK(model->config.num_parameters() == 134'515'008);
+    CHECK(model->forward(prompt)[0][-1].argmax().item<int64_t>() == paris);
+  }
+}
