@@ -12,11 +12,11 @@ option(ZOTORCH_SANITIZE_TESTS
        ${_zotorch_sanitize_default})
 if(ZOTORCH_SANITIZE_TESTS)
   # Our translation units are instrumented, LibTorch is not. Left out: the tests of the examples'
-  # code (BERT loader, tokenizer, Llama model), the README copy, the multi-process tests and
+  # code (BERT loader, the two tokenizers, Llama model), the README copy, the multi-process tests and
   # the convergence runs (5 minutes under ASan), which exercise no zotorch code the others do not.
   set(_asan_sources ${ZOTORCH_TEST_SOURCES})
   list(FILTER _asan_sources EXCLUDE REGEX
-       "/test_(bert_loader|wordpiece|llama|readme_example|distributed|convergence)\\.cpp$")
+       "/test_(bert_loader|wordpiece|bpe|llama|readme_example|distributed|convergence)\\.cpp$")
   zotorch_add_unit_tests(zotorch_tests_asan ${_asan_sources} sanitizer_options.cpp)
   # -O1 is what the sanitizers' authors recommend, and compiles faster than the -O3 of Release. The
   # precompiled header is the target's own, built with these flags.
