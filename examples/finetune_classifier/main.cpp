@@ -4,6 +4,7 @@
 #include "../common/bert.h"
 #include "../common/cli.h"
 #include "../common/files.h"
+#include "../common/harness.h"
 #include "../common/learning_rates.h"
 #include "../common/safetensors.h"
 #include "../common/tsv.h"
@@ -13,14 +14,7 @@
 
 #include <torch/cuda.h>
 #include <torch/nn/functional/loss.h>
-#include <torch/optim/adam.h>
 #include <torch/serialize.h>
-
-#ifdef ZOTORCH_EXAMPLES_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
-
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -249,7 +243,7 @@ struct Model {
 };
 
 /// Accuracy and mean loss on a whole dataset, in length-sorted batches.
-std::pair<double, double> evaluate(Model& m, const Dataset& d, int64_t batch) {
+Evaluation evaluate(Model& m, const Dataset& d, int64_t batch) {
   torch::NoGradGuard no_grad;
   std::vector<size_t> order(d.size());
   std::iota(order.begin(), order.end(), 0);
@@ -266,110 +260,10 @@ std::pair<double, double> evaluate(Model& m, const Dataset& d, int64_t batch) {
     correct += logits.argmax(1).eq(target).sum().item<int64_t>();
     loss += at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum).item<double>();
   }
-  return {static_cast<double>(correct) / static_cast<double>(d.size()), loss / static_cast<double>(d.size())};
-}
-
-/// Epoch-shuffled batches from a seeded generator: batch t is a pure function of (seed, t), so a
-/// resumed run replays the generator to the checkpoint's step and sees the same batches.
-class Sampler {
- public:
-  Sampler(size_t n, size_t batch, uint64_t seed) : n_(n), batch_(std::min(batch, n)), rng_(seed), order_(n) {
-    std::iota(order_.begin(), order_.end(), 0);
-    pos_ = n_;  // shuffle before the first batch
-  }
-  std::vector<size_t> next() {
-    if (pos_ + batch_ > n_) {
-      std::shuffle(order_.begin(), order_.end(), rng_);
-      pos_ = 0;
-    }
-    std::vector<size_t> out(order_.begin() + static_cast<std::ptrdiff_t>(pos_),
-                            order_.begin() + static_cast<std::ptrdiff_t>(pos_ + batch_));
-    pos_ += batch_;
-    return out;
-  }
-
- private:
-  size_t n_, batch_;
-  std::mt19937_64 rng_;
-  std::vector<size_t> order_;
-  size_t pos_;
-};
-
-int64_t peak_bytes(const at::Device& device) {
-#ifdef ZOTORCH_EXAMPLES_CUDA
-  if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    return stats.allocated_bytes[0].peak;
-  }
-#endif
-  (void)device;
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
-}
-
-std::string format_seconds(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  char buf[32];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600, (static_cast<int>(s) % 3600) / 60);
-  return buf;
-}
-
-/// metrics.csv and summary.json: the whole file or none of it, even after a crash.
-void write_text_atomically(const fs::path& path, const std::string& text) { zotorch::write_file_atomically(path.string(), text); }
-
-/// The optimizer behind a uniform interface: one step on a batch, and the forward passes so far.
-struct Trainer {
-  std::unique_ptr<torch::optim::Optimizer> opt;
-  std::function<int64_t()> forward_passes;
-  int64_t fp_per_step = 0;
-  bool backprop = false;
-  int64_t adam_steps = 0;  ///< Adam has no forward-pass counter: steps × 3
-};
-
-Trainer make_trainer(const Args& a, const std::vector<at::Tensor>& params) {
-  Trainer t;
-  const auto seed = static_cast<uint64_t>(a.seed);
-  if (a.optimizer == "fzoo") {
-    auto o = std::make_unique<zotorch::FZOO>(
-        params, zotorch::FZOOOptions(a.lr).eps(a.eps).num_perturbations(a.num_perturbations).weight_decay(a.weight_decay).seed(seed));
-    auto* raw = o.get();
-    t.forward_passes = [raw] { return raw->forward_passes(); };
-    t.fp_per_step = a.num_perturbations + 1;
-    t.opt = std::move(o);
-  } else if (a.optimizer == "mezo") {
-    auto o = std::make_unique<zotorch::MeZO>(params, zotorch::MeZOOptions(a.lr).eps(a.eps).weight_decay(a.weight_decay).seed(seed));
-    auto* raw = o.get();
-    t.forward_passes = [raw] { return raw->forward_passes(); };
-    t.fp_per_step = 2;
-    t.opt = std::move(o);
-  } else if (a.optimizer == "adamezo") {
-    auto o = std::make_unique<zotorch::AdaMeZO>(
-        params, zotorch::AdaMeZOOptions(a.lr).eps(a.eps).window(a.window).weight_decay(a.weight_decay).seed(seed));
-    auto* raw = o.get();
-    t.forward_passes = [raw] { return raw->forward_passes(); };
-    t.fp_per_step = 2;
-    t.opt = std::move(o);
-  } else {
-    t.opt = std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(a.lr).weight_decay(a.weight_decay));
-    t.backprop = true;
-    t.fp_per_step = 3;  // one forward + a backward of about two (docs/algorithms.md "Counting forward passes")
-    auto* steps = &t.adam_steps;
-    t.forward_passes = [steps] { return *steps * 3; };
-  }
-  return t;
-}
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string part;
-  while (std::getline(in, part, sep)) {
-    if (!part.empty()) out.push_back(part);
-  }
-  return out;
+  Evaluation e;
+  e.metric = static_cast<double>(correct) / static_cast<double>(d.size());
+  e.loss = loss / static_cast<double>(d.size());
+  return e;
 }
 
 /// Reads the sentence-transformers files of a model directory: pooling mode and Normalize.
@@ -530,14 +424,16 @@ int main(int argc, char** argv) try {
     log("  cache built in " + format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - cache_started).count()));
   }
 
-  Trainer trainer = make_trainer(a, params);
-  std::ostringstream fp_note;
-  if (trainer.backprop) {
-    fp_note << "Adam counts 3 forward-pass equivalents per step (one forward + one backward of about two), as the FZOO paper does";
-  } else {
-    fp_note << a.optimizer << " uses " << trainer.fp_per_step << " forward passes per step";
-  }
-  log("  " + fp_note.str() + "; lr " + std::to_string(a.lr) + (trainer.backprop ? "" : ", eps " + std::to_string(a.eps)) +
+  TrainerOptions topt;
+  topt.optimizer = a.optimizer;
+  topt.lr = a.lr;
+  topt.eps = a.eps;
+  topt.weight_decay = a.weight_decay;
+  topt.num_perturbations = a.num_perturbations;
+  topt.window = a.window;
+  topt.seed = static_cast<uint64_t>(a.seed);
+  Trainer trainer = make_trainer(topt, params);
+  log("  " + trainer.note + "; lr " + std::to_string(a.lr) + (trainer.backprop ? "" : ", eps " + std::to_string(a.eps)) +
       ", batch " + std::to_string(a.batch));
 
   // Majority class of the training set: the floor any classifier must beat.
@@ -547,190 +443,43 @@ int main(int argc, char** argv) try {
   const double majority_test =
       static_cast<double>(std::count(test.labels.begin(), test.labels.end(), majority)) / static_cast<double>(test.size());
 
-  // ---- state, resume -------------------------------------------------------------------------
-  // One checkpoint file (zotorch::save_checkpoint: length and CRC-32 checked on load, written
-  // atomically) holds the trainable tensors, the optimizer's state and the loop's state together,
-  // so a resume never pairs the tensors of one step with the optimizer state of another.
-  const fs::path out(a.out), ckpt = out / "checkpoint.ckpt", metrics_path = out / "metrics.csv";
-  const fs::path trained_path = out / "trained.safetensors";
-  int64_t step = 0, metric_rows = 0, best_fp = 0;
-  double best_dev = -1, prior_seconds = 0, initial_dev = -1, running_loss = std::nan("");
-  Sampler sampler(train.size(), static_cast<size_t>(a.batch), static_cast<uint64_t>(a.seed) * 0x9E3779B97F4A7C15ull + 1);
-  if (a.resume && fs::exists(ckpt)) {
-    torch::serialize::InputArchive archive, tensors, optimizer_state;
-    zotorch::load_checkpoint(archive, ckpt.string());
-    c10::IValue state_text;
-    TORCH_CHECK(archive.try_read("state", state_text) && state_text.isString() && archive.try_read("trainable", tensors) &&
-                    archive.try_read("optimizer", optimizer_state),
-                "finetune_classifier: ", ckpt.string(), " is a zotorch checkpoint but not one of finetune_classifier; "
-                "choose another --out");
-    const Json s = Json::parse(state_text.toStringRef());
-    const auto saved_optimizer = s.at("optimizer").get<std::string>(), saved_mode = s.at("mode").get<std::string>();
-    TORCH_CHECK(saved_optimizer == a.optimizer && saved_mode == a.mode, "finetune_classifier: ", ckpt.string(),
-                " was written by --optimizer ", saved_optimizer, " --mode ", saved_mode,
-                "; resume with the same options or choose another --out");
-    TORCH_CHECK(s.at("trainable_names").get<std::vector<std::string>>() == param_names, "finetune_classifier: ",
-                ckpt.string(), " holds other trainable tensors than this run trains (", s.at("trainable_names").size(),
-                " saved, ", params.size(), " now); resume with the same --mode/--train-layers/--lora-rank");
-    std::vector<at::Tensor> saved(params.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      tensors.read("t" + std::to_string(i), saved[i]);
-      TORCH_CHECK(saved[i].sizes() == params[i].sizes(), "finetune_classifier: ", param_names[i], " is ", saved[i].sizes(),
-                  " in ", ckpt.string(), " but ", params[i].sizes(), " in this model");
-    }
-    trainer.opt->load(optimizer_state);
-    {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) params[i].copy_(saved[i]);
-    }
-    step = s.at("step").get<int64_t>();
-    trainer.adam_steps = json_value<int64_t>(s, "adam_steps", 0);
-    metric_rows = s.at("metric_rows").get<int64_t>();
-    best_dev = s.at("best_dev").get<double>();
-    best_fp = s.at("best_forward_passes").get<int64_t>();
-    initial_dev = s.at("initial_dev").get<double>();
-    prior_seconds = s.at("wall_seconds").get<double>();
-    running_loss = json_value<double>(s, "running_loss", std::nan(""));  // null when it was NaN
-    for (int64_t i = 0; i < step; ++i) sampler.next();
-    // metrics.csv may have rows written after the checkpoint: keep exactly those it accounts for.
-    std::ifstream in(metrics_path);
-    std::string line, kept;
-    for (int64_t i = 0; i <= metric_rows && std::getline(in, line); ++i) kept += line + "\n";
-    write_text_atomically(metrics_path, kept);
-    log("  resumed from " + ckpt.string() + " at step " + std::to_string(step) + ", " +
-        std::to_string(trainer.forward_passes()) + " forward passes");
-  } else {
-    write_text_atomically(metrics_path, "step,forward_passes,train_loss,dev_loss,dev_accuracy,best_dev_accuracy,wall_seconds\n");
-  }
-
-  // The best-on-dev trainable tensors, by their model names, with what produced them: the result
-  // that leaves the program (docs/examples.md "Outputs"), and what the test set is evaluated on.
-  auto save_best = [&] {
-    NamedTensors named;
-    for (size_t i = 0; i < params.size(); ++i) named.emplace_back(param_names[i], params[i]);
-    std::map<std::string, std::string> metadata = {
-        {"format", "pt"}, {"model", a.model}, {"optimizer", a.optimizer}, {"mode", a.mode},
-        {"dev_accuracy", std::to_string(best_dev)}, {"forward_passes", std::to_string(best_fp)}};
-    if (a.mode == "lora") {  // LoRA's update is B·A·alpha/rank (examples/common/bert.h)
-      metadata["lora_rank"] = std::to_string(a.lora_rank);
-      metadata["lora_alpha"] = std::to_string(a.lora_alpha);
-    }
-    save_safetensors(trained_path.string(), named, metadata);
-  };
-  auto total_seconds = [&] { return prior_seconds + elapsed(); };
-  auto evaluate_dev = [&](int64_t fp) {
-    auto [acc, loss] = evaluate(m, dev, a.eval_batch);
-    if (initial_dev < 0) initial_dev = acc;
-    if (acc > best_dev) {
-      best_dev = acc;
-      best_fp = fp;
-      save_best();
-    }
-    std::ofstream csv(metrics_path, std::ios::app);
-    csv.precision(10);
-    csv << step << "," << fp << "," << (std::isfinite(running_loss) ? running_loss : loss) << "," << loss << "," << acc << ","
-        << best_dev << "," << total_seconds() << "\n";
-    ++metric_rows;
-    return acc;
-  };
-  auto checkpoint = [&] {
-    Json s = {{"optimizer", a.optimizer}, {"mode", a.mode}, {"trainable_names", param_names}, {"step", step},
-              {"adam_steps", trainer.adam_steps}, {"metric_rows", metric_rows}, {"best_dev", best_dev},
-              {"best_forward_passes", best_fp}, {"initial_dev", initial_dev}, {"wall_seconds", total_seconds()},
-              {"running_loss", running_loss}};
-    torch::serialize::OutputArchive archive, tensors, optimizer_state;
-    // Archive keys cannot hold the '.' of parameter names: tensors go by index, names in the state.
-    for (size_t i = 0; i < params.size(); ++i) tensors.write("t" + std::to_string(i), params[i].detach());
-    trainer.opt->save(optimizer_state);
-    archive.write("state", c10::IValue(s.dump()));
-    archive.write("trainable", tensors);
-    archive.write("optimizer", optimizer_state);
-    zotorch::save_checkpoint(archive, ckpt.string());
-  };
-
-  // ---- training ------------------------------------------------------------------------------
-  const int64_t eval_every = a.eval_every > 0 ? a.eval_every : std::max<int64_t>(trainer.fp_per_step, a.budget / 10);
-  if (metric_rows == 0) {
-    const double acc = evaluate_dev(0);
-    log("  step 0 | dev accuracy " + std::to_string(acc).substr(0, 6) + " (before training)");
-    checkpoint();
-  }
-  int64_t next_eval = (trainer.forward_passes() / eval_every + 1) * eval_every;
-  const double train_started = total_seconds();
-  const int64_t fp_started = trainer.forward_passes();
-  int64_t examples_seen = 0;
-  while (trainer.forward_passes() + trainer.fp_per_step <= a.budget) {
-    const std::vector<size_t> idx = sampler.next();
+  // ---- training, evaluation, checkpoints: examples/common/harness.h --------------------------
+  TrainingTask task;
+  task.params = params;
+  task.names = param_names;
+  task.train_size = train.size();
+  task.loss = [&](const std::vector<size_t>& idx) {
     std::vector<int64_t> y;
     for (size_t i : idx) y.push_back(train.labels[i]);
     const at::Tensor target = at::tensor(y, at::kLong).to(device);
-    auto loss_fn = [&] { return at::cross_entropy_loss(m.logits(train, idx).to(at::kFloat), target); };
-    double loss;
-    if (trainer.backprop) {
-      trainer.opt->zero_grad();
-      at::Tensor l = loss_fn();
-      l.backward();
-      trainer.opt->step();
-      ++trainer.adam_steps;
-      loss = l.item<double>();
-    } else {
-      loss = trainer.opt->step(loss_fn).item<double>();
-    }
-    ++step;
-    examples_seen += static_cast<int64_t>(idx.size());
-    if (std::isfinite(loss)) running_loss = std::isfinite(running_loss) ? 0.9 * running_loss + 0.1 * loss : loss;
-    const int64_t fp = trainer.forward_passes();
-    const bool last = fp + trainer.fp_per_step > a.budget;
-    if (fp >= next_eval || last) {
-      next_eval = (fp / eval_every + 1) * eval_every;
-      const double acc = evaluate_dev(fp);
-      checkpoint();
-      const double spent = total_seconds() - train_started;
-      const double rate = static_cast<double>(fp - fp_started) / std::max(spent, 1e-9);
-      char line[256];
-      std::snprintf(line, sizeof line, "  step %lld | fp %lld/%lld | loss %.4f | dev %.4f (best %.4f) | %.1f ex/s | ETA %s",
-                    static_cast<long long>(step), static_cast<long long>(fp), static_cast<long long>(a.budget), running_loss, acc,
-                    best_dev, static_cast<double>(examples_seen) / std::max(spent, 1e-9),
-                    format_seconds(static_cast<double>(a.budget - fp) / std::max(rate, 1e-9)).c_str());
-      log(line);
-    }
+    return at::cross_entropy_loss(m.logits(train, idx).to(at::kFloat), target);
+  };
+  task.evaluate_dev = [&] { return evaluate(m, dev, a.eval_batch); };
+  task.evaluate_test = [&] { return evaluate(m, test, a.eval_batch); };
+  LoopOptions loop;
+  loop.program = "finetune_classifier";
+  loop.optimizer = a.optimizer;
+  loop.mode = a.mode;
+  loop.out = a.out;
+  loop.budget = a.budget;
+  loop.batch = a.batch;
+  loop.seed = a.seed;
+  loop.eval_every = a.eval_every;
+  loop.resume = a.resume;
+  loop.device = device;
+  loop.metadata = {{"model", a.model}};
+  if (a.mode == "lora") {  // LoRA's update is B·A·alpha/rank (examples/common/bert.h)
+    loop.metadata["lora_rank"] = std::to_string(a.lora_rank);
+    loop.metadata["lora_alpha"] = std::to_string(a.lora_alpha);
   }
+  loop.elapsed = elapsed;
+  loop.log = log;
+  const LoopResult r = run_training(loop, task, trainer);
 
-  // ---- final evaluation with the best dev checkpoint -----------------------------------------
-  if (fs::exists(trained_path)) {
-    std::map<std::string, at::Tensor> best;
-    for (auto& [name, t] : load_safetensors(trained_path.string())) best[name] = t;
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < params.size(); ++i) {
-      const auto it = best.find(param_names[i]);
-      TORCH_CHECK(it != best.end() && it->second.sizes() == params[i].sizes(), "finetune_classifier: ",
-                  trained_path.string(), " lacks ", param_names[i], " as this run trains it; was it written by another run?");
-      params[i].copy_(it->second);
-    }
-  }
-  const auto [test_acc, test_loss] = evaluate(m, test, a.eval_batch);
-  const double wall = total_seconds();
-  Json summary = Json::object();
-  summary["optimizer"] = a.optimizer;
-  summary["mode"] = a.mode;
-  summary["test_accuracy"] = test_acc;
-  summary["test_loss"] = test_loss;
-  summary["dev_accuracy"] = best_dev;
-  summary["dev_accuracy_before_training"] = initial_dev;
-  summary["best_dev_forward_passes"] = best_fp;
-  summary["forward_passes"] = trainer.forward_passes();
-  summary["forward_passes_per_step"] = trainer.fp_per_step;
-  summary["forward_pass_note"] = fp_note.str();
-  summary["steps"] = step;
-  summary["wall_seconds"] = wall;
-  summary["peak_bytes"] = peak_bytes(device);
-  summary["peak_bytes_note"] = device.is_cuda() ? "CUDA caching allocator peak" : "process peak resident set (getrusage)";
+  Json summary = r.summary;
   summary["majority_test_accuracy"] = majority_test;
-  summary["trainable_parameters"] = trainable_numel;
   summary["lr"] = a.lr;
   summary["eps"] = a.eps;
-  summary["batch"] = a.batch;
-  summary["seed"] = a.seed;
   summary["dtype"] = a.dtype;
   summary["device"] = a.device;
   summary["train_layers"] = train_layers;
@@ -739,18 +488,18 @@ int main(int argc, char** argv) try {
   summary["dev"] = a.dev;
   summary["test"] = a.test;
   summary["labels"] = labels;
-  summary["trained_tensors"] = trained_path.string();
   if (a.optimizer == "fzoo") summary["num_perturbations"] = a.num_perturbations;
   if (a.optimizer == "adamezo") summary["window"] = a.window;
   if (a.mode == "lora") summary["lora_rank"] = a.lora_rank;
-  write_text_atomically(out / "summary.json", summary.dump(1) + "\n");
+  write_summary(a.out, summary);
+  const fs::path out(a.out);
   char line[256];
   std::snprintf(line, sizeof line, "%s/%s: test accuracy %.4f (best dev %.4f at %lld forward passes; %lld forward passes, %s, peak %.0f MiB)",
-                a.optimizer.c_str(), a.mode.c_str(), test_acc, best_dev, static_cast<long long>(best_fp),
-                static_cast<long long>(trainer.forward_passes()), format_seconds(wall).c_str(),
+                a.optimizer.c_str(), a.mode.c_str(), r.test.metric, r.best_dev, static_cast<long long>(r.best_forward_passes),
+                static_cast<long long>(r.forward_passes), format_seconds(r.wall_seconds).c_str(),
                 static_cast<double>(peak_bytes(device)) / (1 << 20));
-  std::cout << line << "\n  " << (out / "summary.json").string() << ", " << metrics_path.string() << ", "
-            << trained_path.string() << std::endl;
+  std::cout << line << "\n  " << (out / "summary.json").string() << ", " << (out / "metrics.csv").string() << ", "
+            << (out / "trained.safetensors").string() << std::endl;
   return 0;
 } catch (const c10::Error& e) {
   std::cerr << "finetune_classifier: " << e.what_without_backtrace() << std::endl;
