@@ -11,6 +11,11 @@
 #   wordnet   WordNet 3.0 noun glosses (definitions without the quoted examples) labelled with their
 #             lexicographer file, 8 classes (act animal artifact body food person plant substance);
 #             from wordnet-base (Princeton WordNet licence). Same split sizes.
+#   debian-descriptions  Debian package long descriptions, one package's joined into one line, for
+#             finetune_lm --objective lm: read from what apt and dpkg already have (the Translation-en
+#             lists apt keeps when its Acquire::Languages includes en, and /var/lib/dpkg/status for the
+#             installed packages); nothing is downloaded, so the count depends on the machine. Split by a
+#             seeded hash: 20% test, 10% dev, the rest train (text<TAB>package).
 # Usage: scripts/fetch-data.sh [--out DIR] [--seed N]      (defaults: data/, 13)
 set -euo pipefail
 
@@ -21,7 +26,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "fetch-data.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -148,4 +153,56 @@ write("wordnet", parts,
       "WordNet 3.0 noun definitions (Princeton University, WordNet licence) from the Debian package\n"
       "wordnet-base, labelled with their lexicographer file (noun.<label>, see lexnames(5WN)).\n"
       "Made by scripts/fetch-data.sh --seed %d. Labels: %s.\n" % (seed, " ".join(wanted)))
+PY
+
+# --- debian-descriptions: the long descriptions apt and dpkg hold locally -------------------------
+python3 - "$out" "$seed" /var/lib/dpkg/status /var/lib/apt/lists/*Translation-en* <<'PY'
+import hashlib, lzma, gzip, os, re, sys
+
+out, seed, sources = sys.argv[1], int(sys.argv[2]), [p for p in sys.argv[3:] if os.path.isfile(p)]
+
+def read(path):
+    if path.endswith(".lz4"):
+        return None  # apt's lz4 lists need the lz4 tool; the uncompressed and xz/gz ones are read below
+    opener = lzma.open if path.endswith(".xz") else gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+descriptions = {}
+for path in sources:
+    text = read(path)
+    if text is None:
+        continue
+    for para in text.split("\n\n"):
+        name = re.search(r"^Package: (\S+)", para, re.M)
+        desc = re.search(r"^Description(?:-en)?: .*\n((?: .*(?:\n|$))+)", para, re.M)
+        if not name or not desc:
+            continue
+        # The extended description: continuation lines start with a space; " ." is a blank line.
+        lines = [line[1:].strip() for line in desc.group(1).split("\n") if line.startswith(" ")]
+        body = re.sub(r"\s+", " ", " ".join("" if line == "." else line for line in lines)).strip()
+        if len(body.split()) >= 8:
+            descriptions.setdefault(name.group(1), body)
+
+texts = {}
+for name, body in descriptions.items():  # packages of one source often share a description
+    texts.setdefault(body, name)
+rows = sorted(texts.items(), key=lambda row: hashlib.sha256(f"{seed}:{row[0]}".encode("utf-8")).hexdigest())
+if len(rows) < 100:
+    sys.exit(f"fetch-data: only {len(rows)} package descriptions found in {sources}; debian-descriptions needs 100")
+n_test, n_dev = len(rows) // 5, len(rows) // 10
+parts = {"test": rows[:n_test], "dev": rows[n_test:n_test + n_dev], "train": rows[n_test + n_dev:]}
+d = os.path.join(out, "debian-descriptions")
+os.makedirs(d, exist_ok=True)
+for split, part in parts.items():
+    tmp = os.path.join(d, split + ".tsv.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for body, name in part:
+            f.write(f"{body}\t{name}\n")
+    os.replace(tmp, os.path.join(d, split + ".tsv"))
+with open(os.path.join(d, "SOURCE.txt"), "w", encoding="utf-8") as f:
+    f.write("Debian package long descriptions (each package's copyright holders; Debian archive), read from\n"
+            "this machine's apt lists and dpkg status by scripts/fetch-data.sh --seed %d: %s.\n"
+            "One package's extended description per line, text<TAB>package.\n" % (seed, ", ".join(sources)))
+print(f"fetch-data: {d}: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items()) + f" (from {len(sources)} files)")
 PY

@@ -1,6 +1,6 @@
 // The examples' default learning rate and perturbation scale per optimizer and training mode: the
 // one table that finetune_classifier, distributed_finetune and compare.sh (through
-// `finetune_classifier --print-default-lr`) use. docs/examples.md "Learning rates".
+// `finetune_classifier --print-default-lr`) use, and finetune_lm's own table. docs/examples.md "Learning rates".
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -34,6 +34,27 @@ inline DefaultRates default_rates(const std::string& optimizer, const std::strin
     if (optimizer == row.optimizer && mode == row.mode) return row.rates;
   }
   TORCH_CHECK(false, "default_rates: no default learning rate for --optimizer ", optimizer, " --mode ", mode,
+              "; pass --lr and --eps");
+}
+
+/// finetune_lm (SmolLM2-135M, prompt-based, batch 16): --mode full, lora or head-free.
+/// docs/examples.md "finetune_lm" says how they were chosen.
+inline DefaultRates default_lm_rates(const std::string& optimizer, const std::string& mode) {
+  struct Row {
+    const char* optimizer;
+    const char* mode;
+    DefaultRates rates;
+  };
+  static const Row kTable[] = {
+      {"fzoo", "full", {1e-4, 1e-3}},    {"fzoo", "head-free", {1e-4, 1e-3}},    {"fzoo", "lora", {1e-3, 1e-2}},
+      {"mezo", "full", {1e-6, 1e-3}},    {"mezo", "head-free", {1e-6, 1e-3}},    {"mezo", "lora", {1e-4, 1e-2}},
+      {"adamezo", "full", {1e-7, 1e-3}}, {"adamezo", "head-free", {1e-7, 1e-3}}, {"adamezo", "lora", {1e-5, 1e-2}},
+      {"adam", "full", {1e-5, 0}},       {"adam", "head-free", {1e-5, 0}},       {"adam", "lora", {1e-4, 0}},
+  };
+  for (const Row& row : kTable) {
+    if (optimizer == row.optimizer && mode == row.mode) return row.rates;
+  }
+  TORCH_CHECK(false, "default_lm_rates: no default learning rate for --optimizer ", optimizer, " --mode ", mode,
               "; pass --lr and --eps");
 }
 
