@@ -492,8 +492,9 @@ int main(int argc, char** argv) try {
     };
     task.evaluate_dev = [&] { return evaluate_lm(m, dev, a.eval_batch); };
     task.evaluate_test = [&] { return evaluate_lm(m, test, a.eval_batch); };
-    // The untrained model's test perplexity: what fine-tuning is measured against.
-    task.evaluate_test_before_training = task.evaluate_test;
+    // The untrained model's test perplexity, what fine-tuning is measured against (with budget 0
+    // the final test evaluation is that one already).
+    if (a.budget > 0) task.evaluate_test_before_training = task.evaluate_test;
     task.metric = "perplexity";
     task.higher_is_better = false;
   }
@@ -542,7 +543,7 @@ int main(int argc, char** argv) try {
     summary["label_words"] = lw;
     if (a.budget == 0) summary["zero_shot_test_accuracy"] = r.test.metric;
   } else {
-    summary["zero_shot_test_perplexity"] = r.test_before_training.metric;
+    summary["zero_shot_test_perplexity"] = a.budget > 0 ? r.test_before_training.metric : r.test.metric;
   }
   if (a.optimizer == "fzoo") summary["num_perturbations"] = a.num_perturbations;
   if (a.optimizer == "adamezo") summary["window"] = a.window;
@@ -558,7 +559,10 @@ int main(int argc, char** argv) try {
                 static_cast<long long>(r.best_forward_passes), static_cast<long long>(r.forward_passes),
                 format_seconds(r.wall_seconds).c_str(), static_cast<double>(peak_rss_bytes()) / (1 << 20));
   std::cout << line;
-  if (!classify) std::printf(" (before training: %.4f)", r.test_before_training.metric);
+  if (!classify && a.budget > 0) {
+    std::snprintf(line, sizeof line, " (before training: %.4f)", r.test_before_training.metric);
+    std::cout << line;
+  }
   std::cout << "\n  " << (out / "summary.json").string() << ", " << (out / "metrics.csv").string() << ", "
             << (out / "trained.safetensors").string() << std::endl;
   return 0;
