@@ -542,6 +542,12 @@ int main(int argc, char** argv) try {
     for (const auto& l : labels) lw[l] = words[l];
     summary["label_words"] = lw;
     if (a.budget == 0) summary["zero_shot_test_accuracy"] = r.test.metric;
+    // The training set's majority class on test: the floor any classifier must beat.
+    std::vector<int64_t> counts(labels.size(), 0);
+    for (int64_t y : train.labels) ++counts[static_cast<size_t>(y)];
+    const auto majority = std::max_element(counts.begin(), counts.end()) - counts.begin();
+    summary["majority_test_accuracy"] =
+        static_cast<double>(std::count(test.labels.begin(), test.labels.end(), majority)) / static_cast<double>(test.size());
   } else {
     summary["zero_shot_test_perplexity"] = a.budget > 0 ? r.test_before_training.metric : r.test.metric;
   }
