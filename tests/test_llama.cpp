@@ -203,10 +203,10 @@ TEST_CASE("token_batch makes the ids the Python peers make", "[llama]") {
 TEST_CASE("SmolLM2-135M-Instruct, when installed, continues \"The capital of France is\" with \" Paris\" in float32 and bfloat16", "[llama][smollm2]") {
   // The real model (scripts/fetch-llm.sh) proves what a random one cannot: the checkpoint's q/k rows
   // are in the layout this code rotates (docs/examples.md "The language model: SmolLM2-135M-Instruct").
-  const char* env = std::getenv("ZOTORCH_LLAMA_DIR");
+  const char* env = std::getenv("ZOTORCH_LLM_DIR");
   const fs::path dir = env ? fs::path(env) : fs::path(__FILE__).parent_path().parent_path() / "models" / "smollm2-135m-instruct";
   if (!fs::exists(dir / "model.safetensors")) {
-    WARN("SmolLM2-135M-Instruct is not installed (run scripts/fetch-llm.sh or set ZOTORCH_LLAMA_DIR); skipping");
+    WARN("SKIPPED: no model: SmolLM2-135M-Instruct is not installed (run scripts/fetch-llm.sh or set ZOTORCH_LLM_DIR)");
     return;
   }
   // "The capital of France is" in its tokenizer (no BOS), and " Paris".
