@@ -128,6 +128,20 @@ struct TrainerOptions {
   uint64_t seed = 0;
 };
 
+/// TrainerOptions from a program's parsed command line; the fine-tuning programs name these fields alike.
+template <class Args>
+TrainerOptions trainer_options(const Args& a) {
+  TrainerOptions t;
+  t.optimizer = a.optimizer;
+  t.lr = a.lr;
+  t.eps = a.eps;
+  t.weight_decay = a.weight_decay;
+  t.num_perturbations = a.num_perturbations;
+  t.window = a.window;
+  t.seed = static_cast<uint64_t>(a.seed);
+  return t;
+}
+
 /// The optimizer behind a uniform interface: one step on a batch, and the forward passes so far.
 struct Trainer {
   std::unique_ptr<torch::optim::Optimizer> opt;

@@ -459,15 +459,7 @@ int main(int argc, char** argv) try {
   }
   log(intro.str());
 
-  TrainerOptions topt;
-  topt.optimizer = a.optimizer;
-  topt.lr = a.lr;
-  topt.eps = a.eps;
-  topt.weight_decay = a.weight_decay;
-  topt.num_perturbations = a.num_perturbations;
-  topt.window = a.window;
-  topt.seed = static_cast<uint64_t>(a.seed);
-  Trainer trainer = make_trainer(topt, params);
+  Trainer trainer = make_trainer(trainer_options(a), params);
   log("  " + trainer.note + "; lr " + std::to_string(a.lr) + (trainer.backprop ? "" : ", eps " + std::to_string(a.eps)) +
       ", batch " + std::to_string(a.batch));
 
