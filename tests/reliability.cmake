@@ -27,7 +27,7 @@ if(ZOTORCH_SANITIZE_TESTS)
   # One ctest entry that runs every test case in one process (15 s): under ASan each process start
   # costs about a second, which 94 separate entries would pay 94 times. A report fails the entry
   # and its output names the test case.
-  add_test(NAME asan:zotorch_tests COMMAND zotorch_tests_asan --warn NoTests)
+  add_test(NAME asan:zotorch_tests COMMAND zotorch_tests_asan ${ZOTORCH_CATCH_ARGS})
   set_tests_properties(asan:zotorch_tests PROPERTIES LABELS sanitize TIMEOUT 900)
 endif()
 

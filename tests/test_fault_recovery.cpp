@@ -1,6 +1,7 @@
 // Issue 7.5 on every device: a closure that throws at any of a step's forward passes leaves every
 // optimizer's parameters and state exactly as they were, and a retry continues the run bit for bit
 // like a run that never failed. CPU always; CUDA where a GPU exists (skipped visibly otherwise).
+#include "cuda_presence.h"
 #include "optimizer_support.h"
 
 #include <catch2/catch.hpp>
@@ -116,8 +117,6 @@ void throw_at_every_call(torch::Device device) {
   }
 }
 
-bool cuda_usable() { return torch::cuda::is_available() && zotorch::detail::cuda_kernels_available(); }
-
 }  // namespace
 
 TEMPLATE_TEST_CASE("a step that throws at any forward pass is undone exactly and a retry continues bit-identically on the CPU",
@@ -127,9 +126,6 @@ TEMPLATE_TEST_CASE("a step that throws at any forward pass is undone exactly and
 
 TEMPLATE_TEST_CASE("a step that throws at any forward pass is undone exactly and a retry continues bit-identically on CUDA",
                    "[reliability][safety][cuda]", FzooCase, MezoRademacherCase, MezoGaussianCase, AdaMezoCase) {
-  if (!cuda_usable()) {
-    WARN("SKIPPED: no CUDA device (or no zotorch CUDA kernels linked)");
-    return;
-  }
+  ZOTORCH_REQUIRE_CUDA();
   throw_at_every_call<TestType>(torch::Device(torch::kCUDA, 0));
 }

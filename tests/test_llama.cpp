@@ -2,6 +2,7 @@
 // (benchmarks/peers/llama.py): same weights, same right-padded rows, same logits, so that the
 // examples, bench_step and the Python peers run the identical model. Fixture and the script that
 // made it: tests/fixtures/tiny-llama/, benchmarks/peers/make_llama_fixture.py.
+#include "skip.h"
 #include "../examples/common/llama.h"
 #include "../examples/common/safetensors.h"
 
@@ -206,8 +207,7 @@ TEST_CASE("SmolLM2-135M-Instruct, when installed, continues \"The capital of Fra
   const char* env = std::getenv("ZOTORCH_LLM_DIR");
   const fs::path dir = env ? fs::path(env) : fs::path(__FILE__).parent_path().parent_path() / "models" / "smollm2-135m-instruct";
   if (!fs::exists(dir / "model.safetensors")) {
-    WARN("SKIPPED: no model: SmolLM2-135M-Instruct is not installed (run scripts/fetch-llm.sh or set ZOTORCH_LLM_DIR)");
-    return;
+    ZOTORCH_SKIP_TEST("no model: SmolLM2-135M-Instruct is not installed (run scripts/fetch-llm.sh or set ZOTORCH_LLM_DIR)");
   }
   // "The capital of France is" in its tokenizer (no BOS), and " Paris".
   const at::Tensor prompt = torch::tensor({504, 3575, 282, 4649, 314}, at::kLong).view({1, 5});

@@ -1,5 +1,6 @@
 // Behaviour all three optimizers share through zo_optimizer.h: counting, exception safety,
 // the non-finite policy, resume, schedulers, param groups and the errors for bad input.
+#include "cuda_presence.h"
 #include "optimizer_support.h"
 
 #include <catch2/catch.hpp>
@@ -301,10 +302,7 @@ TEST_CASE("per-step options must agree across param groups", "[optimizer][errors
 }
 
 TEST_CASE("FZOO trains parameters on a CUDA device like on the CPU", "[optimizer][cuda]") {
-  if (!torch::cuda::is_available() || !zotorch::detail::cuda_kernels_available()) {
-    WARN("SKIPPED: no CUDA device (or no zotorch CUDA kernels linked)");
-    return;
-  }
+  ZOTORCH_REQUIRE_CUDA();
   Quadratic cpu(torch::kFloat, 21);
   Quadratic gpu(torch::kFloat, 21);
   for (auto& p : gpu.params) p = p.cuda();
