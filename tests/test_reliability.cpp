@@ -36,11 +36,18 @@ void nan_storm(const Options& options, int64_t steps, double poison_rate) {
   std::bernoulli_distribution poisoned(poison_rate);
   int64_t poisoned_steps = 0;
   bool this_step_poisoned = false;
+  // NaN, +inf and -inf, all three (docs/reliability.md "NaN storm" says ±inf): one draw per
+  // poisoned pass, bit 0 for NaN or an infinity and bit 1 for its sign.
+  int64_t nans = 0, plus_infs = 0, minus_infs = 0;
   auto closure = [&] {
     auto loss = stormy();
     if (poisoned(rng)) {
       this_step_poisoned = true;
-      return torch::full({}, (rng() & 1) ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity());
+      const uint64_t bits = rng();
+      const float inf = std::numeric_limits<float>::infinity();
+      const float value = (bits & 1) ? std::numeric_limits<float>::quiet_NaN() : (bits & 2) ? inf : -inf;
+      ++(std::isnan(value) ? nans : value > 0 ? plus_infs : minus_infs);
+      return torch::full({}, value);
     }
     return loss;
   };
@@ -65,6 +72,10 @@ void nan_storm(const Options& options, int64_t steps, double poison_rate) {
                       << " forward passes against the clean run's " << clean_passes);
   CHECK(stormy().template item<double>() <= clean_loss * 1.1);
   CHECK(poisoned_steps > 0);
+  INFO(nans << " NaN, " << plus_infs << " +inf, " << minus_infs << " -inf losses returned");
+  CHECK(nans > 0);
+  CHECK(plus_infs > 0);
+  CHECK(minus_infs > 0);
 }
 
 }  // namespace
@@ -82,7 +93,7 @@ TEST_CASE("perturb and restore with lr 0 leave float32 values exactly where they
   const double eps = std::ldexp(1.0, -10);
   zotorch::FZOO fzoo(problem.params, zotorch::FZOOOptions(0.0).eps(eps));
   zotorch::MeZO mezo(problem.params, zotorch::MeZOOptions(0.0).eps(eps).distribution(zotorch::Distribution::Rademacher));
-  // The 10,000 steps of issue 7's drift figure (docs/reliability.md).
+  // The 10,000 steps of the drift figure in docs/reliability.md.
   for (int s = 0; s < 10000; ++s) {
     fzoo.step(std::ref(problem));
     mezo.step(std::ref(problem));
@@ -90,13 +101,13 @@ TEST_CASE("perturb and restore with lr 0 leave float32 values exactly where they
   CHECK(bitwise_equal(problem.params, before));
 }
 
-TEST_CASE("Gaussian perturb and restore with lr 0 drift by at most a few ulps over 1,000 steps", "[reliability][drift]") {
+TEST_CASE("Gaussian perturb and restore with lr 0 drift by fewer than 300 ulps over 1,000 steps", "[reliability][drift]") {
   // Values in [0.5, 1) on a 2^-12 grid, so that an ulp is the same for the value and its perturbations.
   auto theta = grid_values({4096}, 78).abs().mul_(0.5).add_(0.5).requires_grad_(true);
   const auto before = theta.detach().clone();
   zotorch::MeZO opt({theta}, zotorch::MeZOOptions(0.0).eps(1e-3));
   for (int s = 0; s < 1000; ++s) opt.step([&] { return theta.sum(); });
-  // The rounding errors of 3,000 sweeps form a random walk: a few ulps, far below one per sweep.
+  // The rounding errors of 3,000 sweeps form a random walk: the bound is one ulp per 10 sweeps.
   const int64_t drift = max_ulps({theta}, {before});
   INFO("max drift " << drift << " ulps after 1000 MeZO steps (3000 sweeps)");
   CHECK(drift > 0);

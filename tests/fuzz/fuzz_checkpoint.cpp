@@ -114,11 +114,13 @@ void load_into(torch::serialize::InputArchive& archive, const Options& options) 
     if (fingerprint(*opt, params) != before) finding("a refused optimizer checkpoint changed the optimizer");
     return;
   }
-  // Accepted (a real or harmlessly mutated checkpoint): the optimizer must still step or refuse
-  // clearly, never crash.
+  // Accepted (a real or harmlessly mutated checkpoint): load() checked what it took, so the
+  // optimizer must take its next step. An exception there is a state load() should have refused.
   try {
     opt->step([&] { return quadratic(params); });
-  } catch (const std::exception&) {
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "step after an accepted load threw: %s\n", e.what());
+    finding("the step after an accepted optimizer checkpoint threw");
   }
 }
 
