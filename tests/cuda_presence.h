@@ -1,6 +1,6 @@
-// Whether a test that needs a CUDA device can run here, and if not, why (docs/reliability.md
-// "What a skipped test means"). c10 reports 0 devices both on a machine without a GPU and on one
-// whose CUDA fails to start (a driver older than the runtime, a device in a bad state), so the
+// Whether a test that needs a CUDA device can run here, and if not, why
+// (docs/cuda.md "How it is tested"). c10 reports 0 devices both on a machine without a GPU and on
+// one whose CUDA fails to start (a driver older than the runtime, a device in a bad state), so the
 // device count alone would let a broken GPU machine report every CUDA test as skipped, i.e. passed.
 // Here a machine with an NVIDIA driver (/dev/nvidiactl or /dev/nvidia<N>) whose CUDA does not
 // start fails the test with CUDA's error; only a machine without one skips.

@@ -5,8 +5,10 @@ require the final parameters to be bit-identical to those of a run that was neve
 
     kill_resume_test.py WORKER [--kills N] [--steps N] [--every K] [--seed S] [--workdir DIR]
 
-Fails when a resume cannot load the latest checkpoint, when progress goes backwards past the last
-checkpoint, when no kill landed inside a save, or when the final hash differs. Python stdlib only.
+The worker prints "saved <step>" after each save has returned. Fails when a resume cannot load the
+latest checkpoint, when a resume does not start from the latest save completed before the kill (or
+the one after it, see resume_starts), when no kill landed inside a save, or when the final hash
+differs. Python stdlib only.
 """
 import argparse
 import glob
@@ -17,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 
@@ -26,6 +29,50 @@ def run_to_end(cmd):
     if not done:
         sys.exit(f"FAIL: {' '.join(cmd)} printed no 'done' line:\n{out}")
     return done[-1]
+
+
+def next_save(step, every, steps):
+    """The step of the worker's first save after `step` (every `every` steps, and at the end)."""
+    return min((step // every + 1) * every, steps)
+
+
+def resume_starts(latest_saved, every, steps):
+    """Where the resume after a kill may start, given the last "saved" line the killed process
+    printed (or the step it started from, if none). The worker prints that line only after the
+    rename, so a kill can land between a save's rename and its line: the checkpoint on disk is then
+    the save after the last one reported. Any other start means a save that returned did not leave
+    its checkpoint in place (or one left a checkpoint that does not load)."""
+    return {latest_saved, next_save(latest_saved, every, steps)}
+
+
+class Worker:
+    """A worker process whose stdout a thread reads line by line as it comes, so that the lines
+    printed before a kill are all seen and the pipe never fills."""
+
+    def __init__(self, cmd):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def first_line(self):
+        while not self.lines and self.reader.is_alive():
+            time.sleep(0.0005)
+        return self.lines[0] if self.lines else ""
+
+    def finish(self, timeout=None):
+        """Waits for the process (already killed, or running to its end) and all of its output."""
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=timeout)
+        return self.lines
+
+    def last_saved(self, default):
+        saved = [int(line.split()[1]) for line in self.lines if line.startswith("saved ")]
+        return saved[-1] if saved else default
 
 
 def temp_files(directory):
@@ -56,24 +103,27 @@ def main():
     reference = run_to_end(base + ["--dir", straight_dir])
     straight_seconds = time.monotonic() - t0
 
-    kills = in_save = 0
-    last_start = 0
+    kills = in_save = unreported = 0
+    allowed = {0}  # where the next resume may start (resume_starts)
     resumes = []
     finished = None
     while finished is None:
-        proc = subprocess.Popen(base + ["--dir", killed_dir, "--resume"], stdout=subprocess.PIPE, text=True)
-        first = proc.stdout.readline().split()
+        worker = Worker(base + ["--dir", killed_dir, "--resume"])
+        proc = worker.proc
+        first = worker.first_line().split()
         if len(first) != 2 or first[0] != "start":
-            proc.wait()
+            worker.finish()
             sys.exit(f"FAIL: resume {kills + 1} did not start (exit {proc.returncode}); "
                      "the latest checkpoint did not load")
         start = int(first[1])
-        if start < last_start:
-            sys.exit(f"FAIL: resumed at step {start}, before the checkpoint of step {last_start} seen earlier")
-        last_start = start
+        if start not in allowed:
+            sys.exit(f"FAIL: resume {kills + 1} started at step {start}, but the latest checkpoint completely "
+                     f"written before the kill is at step {min(allowed)} (or {max(allowed)} if the kill landed "
+                     "between its rename and its report)")
+        unreported += start != min(allowed)
         resumes.append(start)
         if kills >= args.kills:
-            rest = proc.communicate(timeout=300)[0]
+            rest = "\n".join(worker.finish(timeout=300))
             finished = [line for line in rest.splitlines() if line.startswith("done ")]
             if proc.returncode != 0 or not finished:
                 sys.exit(f"FAIL: the last resume exited with {proc.returncode}:\n{rest}")
@@ -90,14 +140,15 @@ def main():
                 time.sleep(0.0002)
         if proc.poll() is not None:
             # It finished before the kill: the run is over.
-            rest = proc.communicate()[0]
+            rest = "\n".join(worker.finish(timeout=300))
             finished = [line for line in rest.splitlines() if line.startswith("done ")]
             if proc.returncode != 0 or not finished:
                 sys.exit(f"FAIL: a resume exited with {proc.returncode}:\n{rest}")
             finished = finished[0]
             break
         proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        worker.finish(timeout=60)
+        allowed = resume_starts(worker.last_saved(default=start), args.every, args.steps)
         kills += 1
         # A temp file named after the killed process: the kill landed between its creation and
         # the rename, i.e. inside a checkpoint write. The next resume must not even notice it.
@@ -107,7 +158,8 @@ def main():
     elapsed = time.monotonic() - started
     same = finished.split("hash ")[-1] == reference.split("hash ")[-1]
     print(f"kill_resume: {kills} SIGKILLs ({in_save} inside a checkpoint write, temp file left behind), "
-          f"{args.steps} steps, checkpoint every {args.every}, resumed from steps {resumes}; "
+          f"{args.steps} steps, checkpoint every {args.every}, resumed from steps {resumes} "
+          f"(each the last save reported before the kill, {unreported} the save after it); "
           f"uninterrupted run {straight_seconds:.1f} s; "
           f"seed {seed}; total {elapsed:.1f} s")
     print(f"  uninterrupted: {reference}")
@@ -118,7 +170,7 @@ def main():
         sys.exit("FAIL: the resumed run's parameters differ from the uninterrupted run's")
     if kills > 0 and in_save == 0:
         sys.exit("FAIL: no kill landed inside a checkpoint write; the test did not exercise atomic saves")
-    print("PASS: bit-identical parameters after every kill and resume")
+    print("PASS: every resume started from the latest completed save; bit-identical parameters after every kill and resume")
 
 
 if __name__ == "__main__":

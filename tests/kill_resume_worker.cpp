@@ -1,7 +1,8 @@
 // The training job of the kill test (tests/kill_resume_test.py, docs/reliability.md): a small MLP
 // trained by FZOO on fixed data, checkpointed with zotorch::save_checkpoint every few steps. Run
-// with --resume it continues from the latest checkpoint; at the end it prints a hash of the bits
-// of every parameter, which must not depend on how often the job was killed on the way.
+// with --resume it continues from the latest checkpoint. It prints "start <step>" first, "saved
+// <step>" after every completed save, and at the end a hash of the bits of every parameter, which
+// must not depend on how often the job was killed on the way.
 //
 //   kill_resume_worker --dir DIR [--steps N] [--every K] [--width W] [--resume]
 #include <zotorch/checkpoint.h>
@@ -100,7 +101,13 @@ int main(int argc, char** argv) {
     const auto xb = x.index_select(0, rows);
     const auto yb = labels.index_select(0, rows);
     opt.step([&] { return torch::nn::functional::cross_entropy(model->forward(xb), yb); });
-    if ((s + 1) % args.every == 0 || s + 1 == args.steps) zotorch::save_checkpoint(*model, opt, path);
+    if ((s + 1) % args.every == 0 || s + 1 == args.steps) {
+      zotorch::save_checkpoint(*model, opt, path);
+      // Printed once save_checkpoint has returned (renamed into place, directory synced): the test
+      // requires the next resume to start from this step or from the save after it.
+      std::printf("saved %" PRId64 "\n", opt.steps());
+      std::fflush(stdout);
+    }
   }
   torch::NoGradGuard no_grad;
   const double loss = torch::nn::functional::cross_entropy(model->forward(x), labels).item<double>();
