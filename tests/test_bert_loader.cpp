@@ -2,6 +2,7 @@
 // a tiny random BERT committed in both weight formats (always runs) and the real all-MiniLM-L6-v2
 // when scripts/fetch-model.sh installed it (skips with a warning otherwise). Fixtures and the
 // script that made them: tests/fixtures/, scripts/make_fixtures.py.
+#include "skip.h"
 #include "../examples/common/bert.h"
 #include "../examples/common/safetensors.h"
 #include "../examples/common/wordpiece.h"
@@ -184,9 +185,9 @@ TEST_CASE("LoRA adapters start as the identity and change the output once B is n
 TEST_CASE("all-MiniLM-L6-v2 loads and matches transformers' pooled outputs", "[bert][minilm]") {
   const std::string dir = minilm_dir();
   if (dir.empty()) {
-    WARN("all-MiniLM-L6-v2 is not installed (run scripts/fetch-model.sh or set ZOTORCH_MODEL_DIR); skipping the "
-         "real-model comparison");
-    return;
+    // ctest lists it as skipped, not passed; ./scripts/test.sh fetches the model, so it runs there.
+    ZOTORCH_SKIP_TEST("no model: all-MiniLM-L6-v2 is not installed (run scripts/fetch-model.sh or set "
+                      "ZOTORCH_MODEL_DIR); the real-model comparison did not run");
   }
   const Json expected = read_json_file((fixtures_dir() / "minilm_pooled.json").string());
   LoadedBert bert = load_bert(dir);
