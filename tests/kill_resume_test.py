@@ -159,7 +159,7 @@ def main():
     same = finished.split("hash ")[-1] == reference.split("hash ")[-1]
     print(f"kill_resume: {kills} SIGKILLs ({in_save} inside a checkpoint write, temp file left behind), "
           f"{args.steps} steps, checkpoint every {args.every}, resumed from steps {resumes} "
-          f"(each the last save reported before the kill, {unreported} the save after it); "
+          f"(each the last save reported before the kill or, {unreported} times, the save after it); "
           f"uninterrupted run {straight_seconds:.1f} s; "
           f"seed {seed}; total {elapsed:.1f} s")
     print(f"  uninterrupted: {reference}")
