@@ -6,7 +6,7 @@
 
 using namespace zotorch_test;
 
-TEST_CASE("FZOO's step equals the normalised one-sided formula recomputed from zotorch::noise: within 1e-14 in float64, 1e-6 in float32, half an ulp in bfloat16", "[fzoo][formula]") {
+TEST_CASE("FZOO's step equals the normalised one-sided formula recomputed from zotorch::noise, within 1e-14 in float64, 1e-6 in float32 and half an ulp in bfloat16", "[fzoo][formula]") {
   for (const auto dtype : {torch::kFloat, torch::kDouble, torch::kBFloat16}) {
     DYNAMIC_SECTION("dtype " << dtype) {
       const double lr = 1e-2, eps = std::ldexp(1.0, -6), weight_decay = 0.05;
