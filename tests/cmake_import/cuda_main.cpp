@@ -7,6 +7,7 @@
 #include <torch/cuda.h>
 
 #include <cstdio>
+#include <filesystem>
 
 #ifdef CONSUMER_OTHER_LIBRARY
 bool other_sees_cuda_kernels();
@@ -25,6 +26,12 @@ int main() {
 #endif
   std::printf("zotorch CUDA kernels registered\n");
   if (!torch::cuda::is_available()) {
+    // c10 reports no device both without a GPU and when CUDA fails to start; only the first may
+    // pass (the project's tests/cuda_presence.h decides the same way).
+    if (std::filesystem::exists("/dev/nvidiactl")) {
+      std::fprintf(stderr, "FAILED: an NVIDIA driver is present (/dev/nvidiactl) but CUDA reports no usable device\n");
+      return 1;
+    }
     std::printf("no CUDA device: registration checked, the kernels were not run\n");
     return 0;
   }
