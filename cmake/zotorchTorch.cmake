@@ -65,6 +65,49 @@ function(zotorch_use_torch_wheel_libraries)
   set_property(TARGET torch PROPERTY ZOTORCH_WHEEL_PATHS_SET TRUE)
 endfunction()
 
+# The CPU sweep runs in at::parallel_for, which is inline: with LibTorch's OpenMP backend (the
+# wheels' default, ATen/Config.h AT_PARALLEL_OPENMP) the parallel region is compiled in the
+# consumer's translation unit, and without -fopenmp it silently runs on one thread
+# (docs/performance.md "Threads"). So a program that links torch through zotorch gets -fopenmp for
+# C++ and the OpenMP runtime LibTorch itself loads (the wheel ships its own libgomp.so.1; linking the
+# system's instead would put two runtimes in one process), as torch's C++ extensions do.
+function(zotorch_use_torch_openmp)
+  if(NOT TARGET torch OR NOT DEFINED TORCH_INSTALL_PREFIX)
+    return()
+  endif()
+  get_property(done TARGET torch PROPERTY ZOTORCH_OPENMP_SET)
+  set(config "${TORCH_INSTALL_PREFIX}/include/ATen/Config.h")
+  if(done OR NOT EXISTS "${config}" OR MSVC)
+    return()
+  endif()
+  file(STRINGS "${config}" openmp REGEX "^#define AT_PARALLEL_OPENMP 1")
+  if(NOT openmp)
+    return()
+  endif()
+  set(runtime "")
+  foreach(name libgomp.so.1 libomp.so libiomp5.so)
+    if(EXISTS "${TORCH_INSTALL_PREFIX}/lib/${name}")
+      set(runtime "${TORCH_INSTALL_PREFIX}/lib/${name}")
+      break()
+    endif()
+  endforeach()
+  if(runtime)
+    set_property(TARGET torch APPEND PROPERTY INTERFACE_COMPILE_OPTIONS "$<$<COMPILE_LANGUAGE:CXX>:-fopenmp>")
+    set_property(TARGET torch APPEND PROPERTY INTERFACE_LINK_LIBRARIES "${runtime}")
+  else()
+    # A LibTorch built against the system's OpenMP (a distribution package): use that one.
+    find_package(OpenMP COMPONENTS CXX)
+    if(NOT OpenMP_CXX_FOUND)
+      message(WARNING "zotorch: LibTorch uses OpenMP but no OpenMP for C++ was found; CPU sweeps will run on one thread")
+      return()
+    endif()
+    set_property(TARGET torch APPEND PROPERTY INTERFACE_COMPILE_OPTIONS
+                 "$<$<COMPILE_LANGUAGE:CXX>:${OpenMP_CXX_FLAGS}>")
+    set_property(TARGET torch APPEND PROPERTY INTERFACE_LINK_LIBRARIES "${OpenMP_CXX_LIBRARIES}")
+  endif()
+  set_property(TARGET torch PROPERTY ZOTORCH_OPENMP_SET TRUE)
+endfunction()
+
 # LibTorch 2.13+ puts cxx_std_20 on the torch target, which CMake also demands of the .cu files of
 # any target that links torch; CMake < 3.26 does not know how to ask nvcc for C++20 and stops with
 # "requires the language dialect CUDA20". nvcc 12+ accepts -std=c++20, so tell CMake so.

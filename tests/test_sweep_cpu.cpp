@@ -11,6 +11,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -191,6 +192,22 @@ const char* kernels_name(CpuKernels k) {
 }
 
 }  // namespace
+
+TEST_CASE("The CPU sweep's parallel_for runs on 2 threads when 2 are set (compiled with OpenMP)", "[sweep][threads]") {
+  CpuSettingsGuard guard;
+  REQUIRE(kCpuSweepParallel);
+  at::set_num_threads(2);
+  // The sweep's own at::parallel_for call shape: chunks with the sweep's grain. Only a thread other
+  // than the caller can record id 1.
+  std::atomic<int> highest{0};
+  at::parallel_for(0, 64 * kCpuGrainChunks, kCpuGrainChunks, [&](int64_t, int64_t) {
+    int id = at::get_thread_num();
+    int seen = highest.load();
+    while (id > seen && !highest.compare_exchange_weak(seen, id)) {
+    }
+  });
+  CHECK(highest.load() == 1);
+}
 
 TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep]") {
   CpuSettingsGuard guard;

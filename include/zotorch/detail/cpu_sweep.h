@@ -5,6 +5,7 @@
 
 #include <zotorch/detail/sweep.h>
 
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -51,6 +52,15 @@
 
 namespace zotorch {
 namespace detail {
+
+/// Whether at::parallel_for can use more than one thread in this translation unit. With LibTorch's
+/// OpenMP backend the parallel region is compiled here, so it needs -fopenmp; the CMake targets add
+/// it (docs/performance.md "Threads"). Without it every CPU sweep runs on the calling thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+constexpr bool kCpuSweepParallel = false;
+#else
+constexpr bool kCpuSweepParallel = true;
+#endif
 
 /// Elements per work item: one Rademacher block, 32 Gaussian blocks.
 constexpr int64_t kCpuChunk = 128;
@@ -815,6 +825,12 @@ void cpu_sweep_tensor_chunks(const ParamEntry& entry, const SweepPlan& plan,
 
 /// Runs one sweep over every CPU tensor of the table, in one parallel region.
 ZOTORCH_CPU_NO_CONTRACT inline void cpu_sweep(const ParamTable& table, const SweepPlan& plan) {
+  if (!kCpuSweepParallel && at::get_num_threads() > 1) {
+    TORCH_WARN_ONCE("zotorch: this program was compiled without OpenMP while LibTorch's at::parallel_for uses it, so "
+                    "CPU sweeps run on 1 thread instead of ", at::get_num_threads(),
+                    ". Link the zotorch::zotorch CMake target, or compile and link with -fopenmp "
+                    "(docs/performance.md \"Threads\").");
+  }
   const auto& entries = table.entries;
   std::vector<int64_t> first_chunk(entries.size() + 1, 0);
   for (size_t t = 0; t < entries.size(); ++t) {
