@@ -410,12 +410,189 @@ ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t
   }
 }
 
+/// Bytes ahead of the element being swept that the pass over θ asks the cache for. The hardware
+/// prefetcher alone leaves a one-pass read-modify-write well below the core's bandwidth (bf16 at one
+/// thread: 9.5 → 13.3 GB/s with it, docs/performance.md "16-bit sweeps"); any distance from 2 to
+/// 8 KiB measured the same.
+constexpr int64_t kCpuPrefetchBytes = 4096;
+
+/// Prefetches chunk-sized memory kCpuPrefetchBytes beyond `chunk`; past a tensor's end it is a no-op.
+template <class S>
+ZOTORCH_CPU_INLINE void prefetch_chunk_ahead(const S* chunk) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* ahead = reinterpret_cast<const char*>(chunk) + kCpuPrefetchBytes;
+  for (int64_t line = 0; line < kCpuChunk * static_cast<int64_t>(sizeof(S)); line += 64) {
+    __builtin_prefetch(ahead + line, 1, 3);
+  }
+#else
+  (void)chunk;
+#endif
+}
+
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+// ---------------------------------------------------------------------------------------------
+// The 16-bit Rademacher pass over θ in AVX-512 intrinsics (docs/performance.md "16-bit sweeps"):
+// GCC's auto-vectorised loop spends most of its time converting between uint16 storage and float
+// lanes. Here 16 elements take one 256-bit load, the sign bits of one Philox word become a mask
+// register directly, and the widen / round-to-nearest / stochastic rounding of sweep.h are spelled
+// in vector integer and float operations, the same operations in the same order, so every bit
+// equals the portable build's (tests/test_sweep_cpu.cpp compares them).
+#define ZOTORCH_CPU_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+/// Storage::widen of 16 lanes holding 16-bit patterns (bits above 15 ignored). float16 converts in
+/// hardware, exact for every number; NaN lanes are rebuilt as Float16Storage::widen spells them
+/// (the hardware would quieten a signalling NaN).
+template <class Storage>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 widen16_avx512(__m512i h) {
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  } else {
+    const __m512 converted = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h));
+    const __m512i exponent_bits = _mm512_and_si512(h, _mm512_set1_epi32(0x7C00));
+    const __mmask16 special = _mm512_cmpeq_epi32_mask(exponent_bits, _mm512_set1_epi32(0x7C00));
+    const __m512i rebuilt = _mm512_or_si512(
+        _mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x8000)), 16),
+        _mm512_or_si512(_mm512_set1_epi32(0x7F800000), _mm512_slli_epi32(_mm512_and_si512(h, _mm512_set1_epi32(0x3FF)), 13)));
+    return _mm512_mask_mov_ps(converted, special, _mm512_castsi512_ps(rebuilt));
+  }
+}
+
+/// Storage::narrow (round to nearest even) of 16 lanes; the 16-bit patterns in 32-bit lanes.
+/// float16 converts in hardware (round to nearest even, overflow to inf, gradual underflow: the same
+/// numbers as Float16Storage::narrow); NaN lanes become the canonical quiet NaN it returns.
+template <class Storage>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow16_avx512(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                _mm512_set1_epi32(0x7F800000));
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    const __m512i high = _mm512_srli_epi32(bits, 16);
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(high, _mm512_set1_epi32(1))),
+        16);
+    return _mm512_mask_mov_epi32(rounded, nan, _mm512_or_si512(high, _mm512_set1_epi32(0x0040)));
+  } else {
+    const __m512i converted = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m512i quiet_nan = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x8000)),
+                                              _mm512_set1_epi32(0x7E00));
+    return _mm512_mask_mov_epi32(converted, nan, quiet_nan);
+  }
+}
+
+/// narrow_stochastic<Storage> of 16 lanes, operation for operation.
+template <class Storage>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow16_stochastic_avx512(__m512 x, __m512 uniform) {
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i nearest = narrow16_avx512<Storage>(x);
+  const __m512 nearest_value = widen16_avx512<Storage>(nearest);
+  const __mmask16 keep_nearest = _mm512_cmp_ps_mask(nearest_value, x, _CMP_EQ_OQ) |
+                                 _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), zero, _CMP_NEQ_UQ);
+  const __mmask16 x_above = _mm512_cmp_ps_mask(x, nearest_value, _CMP_GT_OQ);
+  const __mmask16 positive = _mm512_cmp_ps_mask(nearest_value, zero, _CMP_GT_OQ);
+  const __mmask16 away_from_zero = static_cast<__mmask16>(~(x_above ^ positive));
+  const __m512i beside = _mm512_mask_blend_epi32(away_from_zero, _mm512_sub_epi32(nearest, one),
+                                                 _mm512_add_epi32(nearest, one));
+  const __m512i smallest = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ),
+                                                   _mm512_set1_epi32(0x8001), one);
+  const __m512i other = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(nearest_value, zero, _CMP_EQ_OQ), beside, smallest);
+  const __m512 other_value = widen16_avx512<Storage>(other);
+  // (x − nearest)/(other − nearest) where the divisor is ±(a power of two) or ±inf: the exact
+  // quotient is x − nearest scaled by 2^−exponent with the divisor's sign, which scalef computes
+  // without a division (0 for an infinite divisor, NaN for inf/inf, as the division gives).
+  const __m512 gap = _mm512_sub_ps(other_value, nearest_value);
+  const __m512 scaled = _mm512_scalef_ps(_mm512_sub_ps(x, nearest_value), _mm512_sub_ps(zero, _mm512_getexp_ps(gap)));
+  const __m512 probability = _mm512_xor_ps(
+      scaled, _mm512_and_ps(gap, _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)))));
+  const __mmask16 take_other =
+      static_cast<__mmask16>(~keep_nearest) & _mm512_cmp_ps_mask(uniform, probability, _CMP_LT_OQ);
+  return _mm512_mask_blend_epi32(take_other, nearest, other);
+}
+
+/// The rounding of y to the storage type, stored at o[0..15].
+template <class Storage, bool Stochastic>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __m512 y, const float* uniform) {
+  __m512i rounded;
+  if constexpr (Stochastic) {
+    rounded = narrow16_stochastic_avx512<Storage>(y, _mm512_load_ps(uniform));
+  } else {
+    (void)uniform;
+    rounded = narrow16_avx512<Storage>(y);
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(rounded));
+}
+
+/// restore_value(_stochastic)<Storage>(x, r) of 16 lanes.
+template <class Storage, bool Stochastic>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, __m512 r, const float* uniform) {
+  const __m512 sum = _mm512_add_ps(x, r);
+  if constexpr (Stochastic) {
+    return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, _mm512_load_ps(uniform)));
+  } else {
+    (void)uniform;
+    return widen16_avx512<Storage>(narrow16_avx512<Storage>(sum));
+  }
+}
+
+/// The final pass over θ of a 16-bit Rademacher linear sweep for chunks first_chunk .. + n − 1:
+/// CpuChunks::finish_linear's paths with a last term (plain, staged with the restore in the last
+/// term, staged with stored restores), element for element.
+template <class Storage, bool Stochastic, bool Partial>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish_rademacher16_avx512(
+    uint16_t* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan, float keep, const float* s,
+    float c, const uint32_t* last_words, bool staged, const float* restores, float cr) {
+  const __m512 keep_v = _mm512_set1_ps(keep), c_v = _mm512_set1_ps(c), cr_v = _mm512_set1_ps(cr);
+  const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m512 zero = _mm512_setzero_ps();
+  for (int ch = 0; ch < n; ++ch) {
+    uint16_t* o = out + ch * kCpuChunk;
+    const float* sc = s + ch * kCpuChunk;
+    prefetch_chunk_ahead(o);
+    alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
+    alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
+    if constexpr (Stochastic) {
+      rounding_chunk<true>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
+      if (staged) rounding_chunk<true>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+    }
+    for (int q = 0; q < 4; ++q) {
+      const uint32_t word = last_words[q * kCpuSpan + ch];
+      for (int h = 0; h < 2; ++h) {
+        const int i = 32 * q + 16 * h;
+        const __mmask16 negative = static_cast<__mmask16>(word >> (16 * h));
+        const __m512 x_in = widen16_avx512<Storage>(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + i))));
+        const __m512 partial = Partial ? _mm512_load_ps(sc + i) : zero;
+        // accumulate_sign: s + (c with its sign flipped where z = −1).
+        const __m512 direction = _mm512_add_ps(partial, _mm512_mask_xor_ps(c_v, negative, c_v, sign_bit));
+        __m512 x = x_in;
+        if (staged) {
+          const __m512 stored = restores != nullptr ? _mm512_load_ps(restores + ch * kCpuChunk + i) : zero;
+          const __m512 r = _mm512_add_ps(stored, _mm512_mask_xor_ps(cr_v, negative, cr_v, sign_bit));
+          x = restored16_avx512<Storage, Stochastic>(x_in, r, restore_uniform + (Stochastic ? i : 0));
+        }
+        const __m512 y = _mm512_add_ps(_mm512_mul_ps(keep_v, x), direction);
+        store16_avx512<Storage, Stochastic>(o + i, y, uniform + (Stochastic ? i : 0));
+      }
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif  // ZOTORCH_CPU_AVX512_SWEEP
+
 // ---------------------------------------------------------------------------------------------
 // The sweep of whole chunks. Per element the order is sweep.h's: s, m, v (and r, restore terms
 // only, in a staged sweep) start at 0 and take terms 0, 1, 2, ... in turn, then x ← round(x + r)
 // when staged, then y = update(x), then one rounding.
 
-template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic, bool Avx2>
+template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic, bool Avx2, bool Avx512 = false>
 struct CpuChunks {
   using S = typename Storage::storage;
   using A = typename Storage::acc;
@@ -644,9 +821,19 @@ struct CpuChunks {
                                                const uint32_t* last_words, const SweepTerm* last = nullptr,
                                                bool staged = false, const A* restores = nullptr, A cr = A(0)) {
     const A keep = group.keep;
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+    if constexpr (Avx512 && Storage::is_16_bit && Dist == Distribution::Rademacher) {
+      if (last != nullptr) {
+        finish_rademacher16_avx512<Storage, Stochastic, Partial>(out, first_chunk, n, tensor_id, plan, keep, s, c,
+                                                                 last_words, staged, restores, cr);
+        return;
+      }
+    }
+#endif
     for (int ch = 0; ch < n; ++ch) {
       S* o = out + ch * kCpuChunk;
       const A* sc = s + ch * kCpuChunk;
+      prefetch_chunk_ahead(o);
       alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
       if (last == nullptr) {
@@ -687,6 +874,7 @@ struct CpuChunks {
     const A keep = group.keep, step = group.adaptive_step, stab = group.adaptive_stab;
     for (int ch = 0; ch < n; ++ch) {
       S* o = out + ch * kCpuChunk;
+      prefetch_chunk_ahead(o);
       const int base = ch * static_cast<int>(kCpuChunk);
       alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
       if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
@@ -761,7 +949,8 @@ template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic>
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) ZOTORCH_CPU_NO_CONTRACT void cpu_sweep_span_avx512(
     typename Storage::storage* data, int64_t numel, uint32_t tensor_id, const SweepPlan& plan,
     const ResolvedGroup<typename Storage::acc>& group, int64_t chunk_begin, int64_t chunk_end) {
-  CpuChunks<Storage, Dist, Adaptive, Stochastic, true>::run(data, numel, tensor_id, plan, group, chunk_begin, chunk_end);
+  CpuChunks<Storage, Dist, Adaptive, Stochastic, true, true>::run(data, numel, tensor_id, plan, group, chunk_begin,
+                                                                 chunk_end);
 }
 
 inline bool cpu_use_avx512_sweep() {
