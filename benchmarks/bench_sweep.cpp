@@ -37,15 +37,46 @@ struct Options {
   int repeats = 5;
   bool repeats_given = false;
   int threads = 0;  // 0: leave at::get_num_threads() as it is
+  std::vector<std::string> aten_draws;  // empty: every candidate
   bool smoke = false;
 };
+
+/// One obvious ATen way to draw a direction tensor for p, to be added with p.add_(z, a).
+struct AtenDraw {
+  const char* name;
+  at::Tensor (*draw)(const at::Tensor& p);
+};
+
+/// The ±1 draws a user would write; the baseline is the fastest of them, measured in the same run
+/// (docs/performance.md "What aten and limit mean").
+const std::vector<AtenDraw>& rademacher_draws() {
+  static const std::vector<AtenDraw> draws = {
+      {"bernoulli", [](const at::Tensor& p) { return at::empty_like(p).bernoulli_(0.5).mul_(2).sub_(1); }},
+      {"randint", [](const at::Tensor& p) { return at::randint_like(p, 0, 2).mul_(2).sub_(1); }},
+      {"random", [](const at::Tensor& p) { return at::empty_like(p).random_(0, 2).mul_(2).sub_(1); }},
+      // sign() of a normal draw is 0 only for an exact 0: never in float32 or bfloat16 (float32's exponent
+      // range). rand_like(p).sub_(0.5).sign_() is not a candidate: bfloat16 draws 0.5 exactly 1 time in 256.
+      {"randn_sign", [](const at::Tensor& p) { return at::randn_like(p).sign_(); }},
+      {"rand_lt", [](const at::Tensor& p) { return at::rand_like(p).lt_(0.5).mul_(2).sub_(1); }},
+  };
+  return draws;
+}
+
+const std::vector<AtenDraw>& gaussian_draws() {
+  static const std::vector<AtenDraw> draws = {
+      {"randn", [](const at::Tensor& p) { return at::randn_like(p); }},
+      {"normal", [](const at::Tensor& p) { return at::empty_like(p).normal_(); }},
+  };
+  return draws;
+}
 
 [[noreturn]] void usage(const char* message, int code = 2) {
   std::fprintf(code == 0 ? stdout : stderr,
                "%s%s"
                "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
                "                   [--dist rademacher|gaussian|all] [--terms 1|2|8|all] [--rounding nearest|stochastic|all]\n"
-               "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n",
+               "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n"
+               "                   [--aten-draws all|NAME,...]  (bernoulli randint random randn_sign rand_lt randn normal)\n",
                code == 0 ? "" : "bench_sweep: ", code == 0 ? "" : (std::string(message) + "\n").c_str());
   std::exit(code);
 }
@@ -104,6 +135,17 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--threads") {
       o.threads = std::atoi(value().c_str());
       if (o.threads < 1) usage("--threads must be >= 1");
+    } else if (arg == "--aten-draws") {
+      // Fewer candidates for long runs (--terms 8 --case llm); the fastest of those given is "aten".
+      const std::string v = value();
+      o.aten_draws.clear();
+      if (v != "all") {
+        for (size_t start = 0; start <= v.size();) {
+          const size_t end = std::min(v.find(',', start), v.size());
+          if (end > start) o.aten_draws.push_back(v.substr(start, end - start));
+          start = end + 1;
+        }
+      }
     } else if (arg == "--smoke") {
       o.smoke = true;
     } else if (arg == "--help" || arg == "-h") {
@@ -112,6 +154,21 @@ Options parse(int argc, char** argv) {
       usage(("unknown argument " + arg).c_str());
     }
   }
+  for (const std::string& name : o.aten_draws) {
+    bool known = false;
+    for (const auto* list : {&rademacher_draws(), &gaussian_draws()})
+      for (const AtenDraw& d : *list) known = known || name == d.name;
+    if (!known) usage(("--aten-draws: unknown draw '" + name + "'").c_str());
+  }
+  const auto given = [&](const std::vector<AtenDraw>& list) {
+    for (const AtenDraw& d : list)
+      if (o.aten_draws.empty() || std::find(o.aten_draws.begin(), o.aten_draws.end(), d.name) != o.aten_draws.end())
+        return true;
+    return false;
+  };
+  for (Distribution dist : o.dists)
+    if (!given(dist == Distribution::Gaussian ? gaussian_draws() : rademacher_draws()))
+      usage("--aten-draws names no draw of one of the distributions measured (Rademacher and Gaussian have their own)");
   if (o.smoke && !o.repeats_given) o.repeats = 1;  // ctest runs --smoke to see it start and finish, not to measure
   return o;
 }
@@ -196,35 +253,6 @@ const char* kernels_name(const at::Device& device, zotorch::detail::CpuKernels k
   (void)kernels;
   return "portable";
 #endif
-}
-
-/// One obvious ATen way to draw a direction tensor for p, to be added with p.add_(z, a).
-struct AtenDraw {
-  const char* name;
-  at::Tensor (*draw)(const at::Tensor& p);
-};
-
-/// The ±1 draws a user would write; the baseline is the fastest of them, measured in the same run
-/// (docs/performance.md "What aten and limit mean").
-const std::vector<AtenDraw>& rademacher_draws() {
-  static const std::vector<AtenDraw> draws = {
-      {"bernoulli", [](const at::Tensor& p) { return at::empty_like(p).bernoulli_(0.5).mul_(2).sub_(1); }},
-      {"randint", [](const at::Tensor& p) { return at::randint_like(p, 0, 2).mul_(2).sub_(1); }},
-      {"random", [](const at::Tensor& p) { return at::empty_like(p).random_(0, 2).mul_(2).sub_(1); }},
-      // sign() of a normal draw is 0 only for an exact 0: never in float32 or bfloat16 (float32's exponent
-      // range). rand_like(p).sub_(0.5).sign_() is not a candidate: bfloat16 draws 0.5 exactly 1 time in 256.
-      {"randn_sign", [](const at::Tensor& p) { return at::randn_like(p).sign_(); }},
-      {"rand_lt", [](const at::Tensor& p) { return at::rand_like(p).lt_(0.5).mul_(2).sub_(1); }},
-  };
-  return draws;
-}
-
-const std::vector<AtenDraw>& gaussian_draws() {
-  static const std::vector<AtenDraw> draws = {
-      {"randn", [](const at::Tensor& p) { return at::randn_like(p); }},
-      {"normal", [](const at::Tensor& p) { return at::empty_like(p).normal_(); }},
-  };
-  return draws;
 }
 
 /// --smoke: a ±1 draw that gives anything but -1 and +1, or only one sign, would make its
@@ -337,6 +365,9 @@ int main(int argc, char** argv) {
           std::string aten_impl;
           double aten_gbps = -1;
           for (const AtenDraw& d : draws) {
+            if (!opt.aten_draws.empty() &&
+                std::find(opt.aten_draws.begin(), opt.aten_draws.end(), d.name) == opt.aten_draws.end())
+              continue;
             if (opt.smoke && dist == Distribution::Rademacher && !rademacher_draw_is_pm1(d, any)) return 1;
             const Timing t = time_median(
                 [&] {
