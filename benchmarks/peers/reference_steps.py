@@ -16,7 +16,7 @@ Two variants (docs/performance.md "The peers"):
 
 - tidied (MeZOPeer, FZOOPeer, AdaMeZOPeer): where the released code allocates more than needed we
   take the cheaper form, so the comparison can only flatter the peers: in-place p.add_(z, alpha=...)
-  instead of p.data = p.data + ... (temporaries less per tensor), FZOO's ±1 draw is the fastest of
+  instead of p.data = p.data + ... (fewer temporaries per tensor), FZOO's ±1 draw is the fastest of
   the obvious ATen draws on this machine and dtype (fastest_rademacher, measured when the peer is
   built), and AdaMeZO's seed history is trimmed to the window (the release keeps every step's seed);
 - release-faithful (MeZOReleasePeer, FZOOReleasePeer): each step does the tensor operations the
