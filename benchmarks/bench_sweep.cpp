@@ -1,6 +1,7 @@
-// Sweep bandwidth: zotorch's fused sweep against the obvious ATen implementation and against the
-// memory-bound limit of an in-place read-modify-write pass (p.add_(scalar)) over the same tensors.
-// One JSON object per line on stdout, a human table on stderr; ratios come from the same run.
+// Sweep bandwidth: zotorch's fused sweep against the fastest of the obvious ATen implementations and
+// against the memory-bound limit of an in-place read-modify-write pass over the same bytes.
+// One JSON object per line on stdout, a human table on stderr; ratios come from the same run
+// (docs/performance.md "Sweep bandwidth").
 #include <zotorch/detail/dispatch.h>
 #include <zotorch/noise.h>
 
@@ -16,6 +17,7 @@
 #include <functional>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -35,15 +37,46 @@ struct Options {
   int repeats = 5;
   bool repeats_given = false;
   int threads = 0;  // 0: leave at::get_num_threads() as it is
+  std::vector<std::string> aten_draws;  // empty: every candidate
   bool smoke = false;
 };
+
+/// One obvious ATen way to draw a direction tensor for p, to be added with p.add_(z, a).
+struct AtenDraw {
+  const char* name;
+  at::Tensor (*draw)(const at::Tensor& p);
+};
+
+/// The ±1 draws a user would write; the baseline is the fastest of them, measured in the same run
+/// (docs/performance.md "What aten and limit mean").
+const std::vector<AtenDraw>& rademacher_draws() {
+  static const std::vector<AtenDraw> draws = {
+      {"bernoulli", [](const at::Tensor& p) { return at::empty_like(p).bernoulli_(0.5).mul_(2).sub_(1); }},
+      {"randint", [](const at::Tensor& p) { return at::randint_like(p, 0, 2).mul_(2).sub_(1); }},
+      {"random", [](const at::Tensor& p) { return at::empty_like(p).random_(0, 2).mul_(2).sub_(1); }},
+      // sign() of a normal draw is 0 only for an exact 0: never in float32 or bfloat16 (float32's exponent
+      // range). rand_like(p).sub_(0.5).sign_() is not a candidate: bfloat16 draws 0.5 exactly 1 time in 256.
+      {"randn_sign", [](const at::Tensor& p) { return at::randn_like(p).sign_(); }},
+      {"rand_lt", [](const at::Tensor& p) { return at::rand_like(p).lt_(0.5).mul_(2).sub_(1); }},
+  };
+  return draws;
+}
+
+const std::vector<AtenDraw>& gaussian_draws() {
+  static const std::vector<AtenDraw> draws = {
+      {"randn", [](const at::Tensor& p) { return at::randn_like(p); }},
+      {"normal", [](const at::Tensor& p) { return at::empty_like(p).normal_(); }},
+  };
+  return draws;
+}
 
 [[noreturn]] void usage(const char* message, int code = 2) {
   std::fprintf(code == 0 ? stdout : stderr,
                "%s%s"
                "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
                "                   [--dist rademacher|gaussian|all] [--terms 1|2|8|all] [--rounding nearest|stochastic|all]\n"
-               "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n",
+               "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n"
+               "                   [--aten-draws all|NAME,...]  (bernoulli randint random randn_sign rand_lt randn normal)\n",
                code == 0 ? "" : "bench_sweep: ", code == 0 ? "" : (std::string(message) + "\n").c_str());
   std::exit(code);
 }
@@ -102,6 +135,17 @@ Options parse(int argc, char** argv) {
     } else if (arg == "--threads") {
       o.threads = std::atoi(value().c_str());
       if (o.threads < 1) usage("--threads must be >= 1");
+    } else if (arg == "--aten-draws") {
+      // Fewer candidates for long runs (--terms 8 --case llm); the fastest of those given is "aten".
+      const std::string v = value();
+      o.aten_draws.clear();
+      if (v != "all") {
+        for (size_t start = 0; start <= v.size();) {
+          const size_t end = std::min(v.find(',', start), v.size());
+          if (end > start) o.aten_draws.push_back(v.substr(start, end - start));
+          start = end + 1;
+        }
+      }
     } else if (arg == "--smoke") {
       o.smoke = true;
     } else if (arg == "--help" || arg == "-h") {
@@ -110,6 +154,21 @@ Options parse(int argc, char** argv) {
       usage(("unknown argument " + arg).c_str());
     }
   }
+  for (const std::string& name : o.aten_draws) {
+    bool known = false;
+    for (const auto* list : {&rademacher_draws(), &gaussian_draws()})
+      for (const AtenDraw& d : *list) known = known || name == d.name;
+    if (!known) usage(("--aten-draws: unknown draw '" + name + "'").c_str());
+  }
+  const auto given = [&](const std::vector<AtenDraw>& list) {
+    for (const AtenDraw& d : list)
+      if (o.aten_draws.empty() || std::find(o.aten_draws.begin(), o.aten_draws.end(), d.name) != o.aten_draws.end())
+        return true;
+    return false;
+  };
+  for (Distribution dist : o.dists)
+    if (!given(dist == Distribution::Gaussian ? gaussian_draws() : rademacher_draws()))
+      usage("--aten-draws names no draw of one of the distributions measured (Rademacher and Gaussian have their own)");
   if (o.smoke && !o.repeats_given) o.repeats = 1;  // ctest runs --smoke to see it start and finish, not to measure
   return o;
 }
@@ -196,12 +255,26 @@ const char* kernels_name(const at::Device& device, zotorch::detail::CpuKernels k
 #endif
 }
 
+/// --smoke: a ±1 draw that gives anything but -1 and +1, or only one sign, would make its
+/// bandwidth meaningless as a baseline.
+bool rademacher_draw_is_pm1(const AtenDraw& d, const at::Tensor& p) {
+  const at::Tensor z = d.draw(p).to(at::kFloat);
+  const bool pm1 = z.abs().eq(1).all().item<bool>();
+  const bool both = z.gt(0).any().item<bool>() && z.lt(0).any().item<bool>();
+  if (!pm1 || !both)
+    std::fprintf(stderr, "bench_sweep: the ATen Rademacher draw '%s' gives %s\n", d.name,
+                 pm1 ? "one sign only" : "values other than -1 and +1");
+  return pm1 && both;
+}
+
 struct Row {
   std::string device, dtype, dist, case_name, rounding;
   int64_t numel = 0, tensors = 0;
   int terms = 0, threads = 0;
-  double zotorch = 0, aten = 0, limit = 0, copy = 0;  // GB/s of wall time
-  double zotorch_cpu = 0, aten_cpu = 0, limit_cpu = 0;  // GB/s of process CPU time
+  double zotorch = 0, aten = 0, limit = 0, dtype_limit = 0, copy = 0;  // GB/s of wall time
+  double zotorch_cpu = 0, aten_cpu = 0, limit_cpu = 0, dtype_limit_cpu = 0;  // GB/s of process CPU time
+  std::string aten_impl, limit_impl;
+  std::vector<std::pair<std::string, double>> aten_candidates;  // every draw's GB/s of wall time
 };
 
 }  // namespace
@@ -241,8 +314,27 @@ int main(int argc, char** argv) {
       }
       const double bytes = 2.0 * static_cast<double>(numel) * static_cast<double>(at::elementSize(dtype));
       const at::Tensor& any = params.front();
-      // The memory-bound reference points depend on the tensors only, not on the plan.
-      const Timing limit_s = time_median([&] { for (auto& p : params) p.add_(1e-3); }, opt.repeats, device, any);
+      // The memory-bound reference points depend on the tensors only, not on the plan. The dtype's own
+      // p.add_(scalar) is arithmetic-bound for 16-bit types (convert, add, round per element), so the
+      // limit is the faster of it and a float32 add_ over the same bytes in the same tensor layout.
+      const Timing dtype_limit_s = time_median([&] { for (auto& p : params) p.add_(1e-3); }, opt.repeats, device, any);
+      Timing f32_limit_s = dtype_limit_s;
+      double f32_bytes = bytes;
+      if (dtype != at::kFloat) {
+        std::vector<at::Tensor> words;  // numel * element size / 4 floats per tensor
+        double words_numel = 0;
+        for (const auto& p : params) {
+          const int64_t n = (p.numel() * static_cast<int64_t>(at::elementSize(dtype)) + 3) / 4;
+          words.push_back(at::randn({n}, options.dtype(at::kFloat)).mul_(0.02));
+          words_numel += static_cast<double>(n);
+        }
+        f32_bytes = 2.0 * 4.0 * words_numel;
+        f32_limit_s = time_median([&] { for (auto& w : words) w.add_(1e-3); }, opt.repeats, device, words.front());
+      }
+      const double dtype_limit_gbps = bytes / dtype_limit_s.wall / 1e9, f32_limit_gbps = f32_bytes / f32_limit_s.wall / 1e9;
+      const double dtype_limit_cpu_gbps = bytes / dtype_limit_s.cpu / 1e9,
+                   f32_limit_cpu_gbps = f32_bytes / f32_limit_s.cpu / 1e9;
+      const bool f32_limit_wins = dtype != at::kFloat && f32_limit_gbps > dtype_limit_gbps;
       const Timing copy_s = time_median(
           [&] { for (size_t i = 0; i < params.size(); ++i) copies[i].copy_(params[i]); }, opt.repeats, device, any);
       for (Distribution dist : opt.dists) {
@@ -266,20 +358,28 @@ int main(int argc, char** argv) {
             }
             plan.add_term(term);
           }
-          const Timing aten_s = time_median(
-              [&] {
-                for (auto& p : params) {
-                  for (int k = 0; k < terms; ++k) {
-                    const double a = k == 0 ? eps : 1e-5 * (0.3 - 0.07 * k);
-                    if (dist == Distribution::Gaussian) {
-                      p.add_(at::randn_like(p), a);
-                    } else {
-                      p.add_(at::empty_like(p).bernoulli_(0.5).mul_(2).sub_(1), a);
-                    }
+          // Every obvious ATen draw of the same directions, per tensor and term; the fastest is "aten".
+          const auto& draws = dist == Distribution::Gaussian ? gaussian_draws() : rademacher_draws();
+          std::vector<std::pair<std::string, double>> candidates;
+          Timing aten_s;
+          std::string aten_impl;
+          double aten_gbps = -1;
+          for (const AtenDraw& d : draws) {
+            if (!opt.aten_draws.empty() &&
+                std::find(opt.aten_draws.begin(), opt.aten_draws.end(), d.name) == opt.aten_draws.end())
+              continue;
+            if (opt.smoke && dist == Distribution::Rademacher && !rademacher_draw_is_pm1(d, any)) return 1;
+            const Timing t = time_median(
+                [&] {
+                  for (auto& p : params) {
+                    for (int k = 0; k < terms; ++k) p.add_(d.draw(p), k == 0 ? eps : 1e-5 * (0.3 - 0.07 * k));
                   }
-                }
-              },
-              opt.repeats, device, any);
+                },
+                opt.repeats, device, any);
+            const double gbps = bytes / t.wall / 1e9;
+            candidates.emplace_back(d.name, gbps);
+            if (gbps > aten_gbps) aten_gbps = gbps, aten_s = t, aten_impl = d.name;
+          }
           for (bool stochastic : opt.stochastic) {
             if (stochastic && dtype == at::kFloat) continue;  // stochastic rounding exists for 16-bit types only
             plan.stochastic_rounding = stochastic;
@@ -297,22 +397,38 @@ int main(int argc, char** argv) {
             row.threads = at::get_num_threads();
             row.zotorch = bytes / zotorch_s.wall / 1e9;
             row.aten = bytes / aten_s.wall / 1e9;
-            row.limit = bytes / limit_s.wall / 1e9;
+            row.aten_impl = aten_impl;
+            row.aten_candidates = candidates;
+            row.dtype_limit = dtype_limit_gbps;
+            row.limit = f32_limit_wins ? f32_limit_gbps : dtype_limit_gbps;
+            row.limit_impl = f32_limit_wins ? "float32_add" : "dtype_add";
             row.copy = bytes / copy_s.wall / 1e9;
             row.zotorch_cpu = bytes / zotorch_s.cpu / 1e9;
             row.aten_cpu = bytes / aten_s.cpu / 1e9;
-            row.limit_cpu = bytes / limit_s.cpu / 1e9;
+            row.dtype_limit_cpu = dtype_limit_cpu_gbps;
+            row.limit_cpu = dtype == at::kFloat ? dtype_limit_cpu_gbps : std::max(f32_limit_cpu_gbps, dtype_limit_cpu_gbps);
+            std::string candidates_json;
+            for (const auto& c : row.aten_candidates) {
+              char item[96];
+              std::snprintf(item, sizeof item, "%s\"%s\":%.3f", candidates_json.empty() ? "" : ",", c.first.c_str(),
+                            c.second);
+              candidates_json += item;
+            }
             std::printf(
                 "{\"device\":\"%s\",\"kernels\":\"%s\",\"case\":\"%s\",\"dtype\":\"%s\",\"dist\":\"%s\","
                 "\"rounding\":\"%s\",\"numel\":%lld,\"tensors\":%lld,\"terms\":%d,\"threads\":%d,\"repeats\":%d,"
                 "\"zotorch_gbps\":%.3f,\"aten_gbps\":%.3f,\"limit_gbps\":%.3f,\"copy_gbps\":%.3f,"
                 "\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f,\"zotorch_cpu_gbps\":%.3f,\"aten_cpu_gbps\":%.3f,"
-                "\"limit_cpu_gbps\":%.3f,\"speedup_vs_aten_cpu\":%.3f,\"fraction_of_limit_cpu\":%.3f}\n",
+                "\"limit_cpu_gbps\":%.3f,\"speedup_vs_aten_cpu\":%.3f,\"fraction_of_limit_cpu\":%.3f,"
+                "\"aten_impl\":\"%s\",\"aten_candidates_gbps\":{%s},\"limit_impl\":\"%s\",\"dtype_limit_gbps\":%.3f,"
+                "\"fraction_of_dtype_limit\":%.3f,\"dtype_limit_cpu_gbps\":%.3f,\"fraction_of_dtype_limit_cpu\":%.3f}\n",
                 row.device.c_str(), kernels_name(device, opt.kernels), row.case_name.c_str(), row.dtype.c_str(),
                 row.dist.c_str(), row.rounding.c_str(), static_cast<long long>(row.numel),
                 static_cast<long long>(row.tensors), row.terms, row.threads, opt.repeats, row.zotorch, row.aten,
                 row.limit, row.copy, row.zotorch / row.aten, row.zotorch / row.limit, row.zotorch_cpu, row.aten_cpu,
-                row.limit_cpu, row.zotorch_cpu / row.aten_cpu, row.zotorch_cpu / row.limit_cpu);
+                row.limit_cpu, row.zotorch_cpu / row.aten_cpu, row.zotorch_cpu / row.limit_cpu, row.aten_impl.c_str(),
+                candidates_json.c_str(), row.limit_impl.c_str(), row.dtype_limit, row.zotorch / row.dtype_limit,
+                row.dtype_limit_cpu, row.zotorch_cpu / row.dtype_limit_cpu);
             std::fflush(stdout);
             rows.push_back(row);
           }
@@ -320,18 +436,22 @@ int main(int argc, char** argv) {
       }
     }
   }
-  std::fprintf(stderr, "\n%-5s %-7s %-9s %-11s %-10s %11s %4s %5s %9s %9s %9s %9s %7s %7s\n", "dev", "case",
-               "dtype", "dist", "rounding", "numel", "tens", "terms", "zotorch", "aten", "limit", "copy", "x aten",
-               "of lim");
+  std::fprintf(stderr, "\n%-5s %-7s %-9s %-11s %-10s %11s %4s %5s %9s %9s %-10s %9s %9s %9s %7s %7s %7s\n", "dev",
+               "case", "dtype", "dist", "rounding", "numel", "tens", "terms", "zotorch", "aten", "aten draw", "limit",
+               "dt limit", "copy", "x aten", "of lim", "of dtl");
   for (const Row& r : rows) {
-    std::fprintf(stderr, "%-5s %-7s %-9s %-11s %-10s %11lld %4lld %5d %9.2f %9.2f %9.2f %9.2f %7.2f %7.2f\n",
+    std::fprintf(stderr,
+                 "%-5s %-7s %-9s %-11s %-10s %11lld %4lld %5d %9.2f %9.2f %-10s %9.2f %9.2f %9.2f %7.2f %7.2f %7.2f\n",
                  r.device.c_str(), r.case_name.c_str(), r.dtype.c_str(), r.dist.c_str(), r.rounding.c_str(),
                  static_cast<long long>(r.numel), static_cast<long long>(r.tensors), r.terms, r.zotorch, r.aten,
-                 r.limit, r.copy, r.zotorch / r.aten, r.zotorch / r.limit);
+                 r.aten_impl.c_str(), r.limit, r.dtype_limit, r.copy, r.zotorch / r.aten, r.zotorch / r.limit,
+                 r.zotorch / r.dtype_limit);
   }
   std::fprintf(stderr,
-               "(GB/s of parameter bytes read + written per second of wall time; limit = p.add_(scalar), copy = "
-               "q.copy_(p). The JSON lines also give GB/s per second of process CPU time, *_cpu_gbps, which a busy "
-               "machine disturbs less when --threads 1.)\n");
+               "(GB/s of parameter bytes read + written per second of wall time. aten = the fastest of the ATen draws "
+               "in aten_candidates_gbps + p.add_(z, a), named under 'aten draw'; limit = the faster of p.add_(scalar) "
+               "and a float32 add_(scalar) over the same bytes; dt limit = p.add_(scalar) in the parameter dtype; "
+               "copy = q.copy_(p). The JSON lines also give GB/s per second of process CPU time, *_cpu_gbps, which "
+               "a busy machine disturbs less when --threads 1.)\n");
   return 0;
 }

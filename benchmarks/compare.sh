@@ -2,10 +2,12 @@
 # zotorch against the reference-style Python steps (benchmarks/peers/), same model sizes, same
 # weights, same batch, same machine, in one run: builds bench_step if needed, runs both sides per
 # size, then prints the ratios table and plots overhead against model size (docs/performance.md).
+# The peer side runs the tidied peers and, for MeZO and FZOO, the release-faithful ones
+# (--peers tidied,release, the default); the table gives ours / each.
 #
 #   benchmarks/compare.sh [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--sizes tiny,small,medium]
 #                         [--batch B] [--seq T] [--steps N] [--threads N] [--methods mezo,adamezo,fzoo,adam]
-#                         [--out DIR] [--build DIR]
+#                         [--peers tidied,release] [--out DIR] [--build DIR]
 #
 # Defaults: cpu: sizes tiny,small,medium at 2 x 64 tokens (about 10 minutes on 2 cores);
 #           cuda: sizes tiny,small,medium,smollm2-135m at 16 x 128 tokens (issue 6's GPU target).
@@ -14,7 +16,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-device=cpu dtype=float32 sizes="" batch="" seq="" steps=5 threads="" methods="mezo,adamezo,fzoo,adam"
+device=cpu dtype=float32 sizes="" batch="" seq="" steps=5 threads="" methods="mezo,adamezo,fzoo,adam" peers="tidied,release"
 out="" build="$root/build"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -26,9 +28,10 @@ while [[ $# -gt 0 ]]; do
     --steps) steps="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --methods) methods="$2"; shift 2 ;;
+    --peers) peers="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --build) build="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -69,7 +72,7 @@ results="$out/results.jsonl"
   [[ "$device" == cuda ]] && echo "gpu: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)"
   echo "torch: $("$python" -c 'import torch; print(torch.__version__)')"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "command: benchmarks/compare.sh --device $device --dtype $dtype --sizes $sizes --batch $batch --seq $seq --steps $steps --methods $methods${threads:+ --threads $threads}"
+  echo "command: benchmarks/compare.sh --device $device --dtype $dtype --sizes $sizes --batch $batch --seq $seq --steps $steps --methods $methods --peers $peers${threads:+ --threads $threads}"
 } | tee "$out/run.txt" >&2
 
 IFS=, read -r -a size_list <<<"$sizes"
@@ -80,7 +83,8 @@ for size in "${size_list[@]}"; do
   echo "== $size: zotorch" >&2
   "$bench" "${common[@]}" --size "$size" --weights "$weights" | tee -a "$results"
   echo "== $size: peer" >&2
-  "$python" "$root/benchmarks/peers/bench_step.py" "${common[@]}" --size "$size" --weights "$weights" | tee -a "$results"
+  "$python" "$root/benchmarks/peers/bench_step.py" "${common[@]}" --peers "$peers" --size "$size" --weights "$weights" \
+    | tee -a "$results"
   rm -f "$weights"
 done
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The Python side of benchmarks/bench_step: the reference-style MeZO, AdaMeZO and FZOO steps of
 reference_steps.py (and torch.optim.Adam with backprop) on the same Llama model, weights, batch and
-measurement as the C++ benchmark, printing the same JSON fields with "impl": "peer".
+measurement as the C++ benchmark, printing the same JSON fields with "impl": "peer" (the tidied
+peers) or "impl": "peer-release" (MeZO and FZOO exactly as their released trainers step,
+--peers tidied,release).
 
   .venv/bin/python benchmarks/peers/bench_step.py --size small --batch 2 --seq 64 \
       --weights /tmp/small.safetensors        # the file bench_step wrote (or writes it if absent)
@@ -21,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from llama import PRESETS, LlamaForCausalLM, lm_loss, load_weights, save_weights, token_batch  # noqa: E402
 from memory import MemoryMeter  # noqa: E402
-from reference_steps import AdaMeZOPeer, FZOOPeer, MeZOPeer  # noqa: E402
+from reference_steps import AdaMeZOPeer, FZOOPeer, FZOOReleasePeer, MeZOPeer, MeZOReleasePeer  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,6 +37,8 @@ def parse():
     ap.add_argument("--batch", type=int)
     ap.add_argument("--seq", type=int)
     ap.add_argument("--methods", default="mezo,adamezo,fzoo,adam")
+    ap.add_argument("--peers", default="tidied,release",
+                    help="tidied: the peers in their cheapest form; release: also MeZO and FZOO exactly as released")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0)
@@ -45,6 +49,10 @@ def parse():
     ap.add_argument("--smoke", action="store_true", help="tiny model, one step of each method, nothing measured")
     a = ap.parse_args()
     a.methods = [m for m in a.methods.split(",") if m]
+    a.peers = [v for v in a.peers.split(",") if v]
+    for v in a.peers:
+        if v not in ("tidied", "release"):
+            ap.error(f"--peers takes tidied, release; got '{v}'")
     for m in a.methods:
         if m not in ("mezo", "adamezo", "fzoo", "adam"):
             ap.error(f"--methods takes mezo, adamezo, fzoo, adam; got '{m}'")
@@ -127,16 +135,29 @@ def main():
             pass_s.append(time.perf_counter() - start)
     rmw_pass_ms = 1e3 * statistics.median(pass_s)
 
-    rows = []
+    runs = []  # (method, variant): the release-faithful variant exists for MeZO and FZOO
     for method in a.methods:
+        if "tidied" in a.peers or method not in ("mezo", "fzoo"):
+            runs.append((method, "tidied"))
+        if "release" in a.peers and method in ("mezo", "fzoo"):
+            runs.append((method, "release"))
+    rows = []
+    for method, variant in runs:
         live_before = meter.current()
         named = list(model.named_parameters())
-        if method == "mezo":
+        rademacher = {}
+        if method == "mezo" and variant == "release":
+            opt = MeZOReleasePeer(named, lr=1e-6, eps=1e-3, seed=a.seed)
+        elif method == "mezo":
             opt = MeZOPeer(named, lr=1e-6, eps=1e-3, seed=a.seed)
         elif method == "adamezo":
             opt = AdaMeZOPeer(named, lr=1e-7, eps=1e-3, window=a.window, seed=a.seed)
+        elif method == "fzoo" and variant == "release":
+            opt = FZOOReleasePeer(named, lr=1e-5, eps=1e-3, num_perturbations=a.num_perturbations, seed=a.seed)
+            rademacher = dict(rademacher="randint_out_of_place")
         elif method == "fzoo":
             opt = FZOOPeer(named, lr=1e-5, eps=1e-3, num_perturbations=a.num_perturbations, seed=a.seed)
+            rademacher = dict(rademacher=opt.rademacher, rademacher_candidates_ms=opt.rademacher_ms)
         else:
             opt = torch.optim.Adam(model.parameters(), lr=1e-5)
         backprop = method == "adam"
@@ -194,7 +215,7 @@ def main():
         del opt
         step_ms, closure_ms = 1e3 * statistics.median(step_s), 1e3 * statistics.median(closure_s)
         overhead_ms = 1e3 * statistics.median(overhead_s)
-        row = dict(impl="peer", device=a.device, dtype=a.dtype, method=method, size=a.size, params=params,
+        row = dict(impl="peer-release" if variant == "release" else "peer", variant=variant, device=a.device, dtype=a.dtype, method=method, size=a.size, params=params,
                    batch=a.batch, seq=a.seq, threads=torch.get_num_threads(), steps=a.steps,
                    step_ms=round(step_ms, 4), closure_ms=round(closure_ms, 4), overhead_ms=round(overhead_ms, 4),
                    overhead_fraction=round(overhead_ms / step_ms, 5), forward_passes_per_step=forward_passes,
@@ -203,16 +224,17 @@ def main():
                    optimizer_state_bytes=state, retained_bytes=retained, skipped_steps=0,
                    step_cpu_ms=round(1e3 * statistics.median(step_cpu_s), 4),
                    closure_cpu_ms=round(1e3 * statistics.median(closure_cpu_s), 4),
-                   overhead_cpu_ms=round(1e3 * statistics.median(overhead_cpu_s), 4), memory=meter.method)
+                   overhead_cpu_ms=round(1e3 * statistics.median(overhead_cpu_s), 4), memory=meter.method,
+                   **rademacher)
         print(json.dumps(row), flush=True)
         rows.append(row)
 
     print(f"\npeers/bench_step.py: {a.device} {a.dtype}, {a.size} Llama ({params} params), batch {a.batch} x "
           f"{a.seq} tokens, {torch.get_num_threads()} threads, median of {a.steps} steps", file=sys.stderr)
-    print(f"{'method':8} {'step ms':>10} {'closure':>10} {'overhead':>10} {'ovh %':>7} {'ovh cpu ms':>10} {'FP':>4} {'swp':>4} "
+    print(f"{'method':8} {'variant':8} {'step ms':>10} {'closure':>10} {'overhead':>10} {'ovh %':>7} {'ovh cpu ms':>10} {'FP':>4} {'swp':>4} "
           f"{'peak MiB':>11} {'infer MiB':>11} {'state B':>11}", file=sys.stderr)
     for r in rows:
-        print(f"{r['method']:8} {r['step_ms']:10.2f} {r['closure_ms']:10.2f} {r['overhead_ms']:10.2f} "
+        print(f"{r['method']:8} {r['variant']:8} {r['step_ms']:10.2f} {r['closure_ms']:10.2f} {r['overhead_ms']:10.2f} "
               f"{100 * r['overhead_fraction']:7.2f} {r['overhead_cpu_ms']:10.2f} {r['forward_passes_per_step']:4} {r['sweeps_per_step']:4} "
               f"{r['peak_bytes'] / 2**20:11.2f} {r['inference_peak_bytes'] / 2**20:11.2f} "
               f"{r['optimizer_state_bytes']:11}", file=sys.stderr)
