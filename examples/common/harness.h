@@ -33,6 +33,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace zotorch::examples {
@@ -226,6 +227,34 @@ struct LoopOptions {
   std::function<double()> elapsed;              ///< seconds since the program started
   std::function<void(const std::string&)> log;  ///< a progress line (quiet: nothing)
 };
+
+/// The LoopOptions of a program whose command line `a` has the fields both programs share
+/// (optimizer, mode, out, budget, batch, seed, eval_every, resume, model, lora_rank, lora_alpha):
+/// the model, and with --mode lora the adapters' rank and alpha (the update is B·A·alpha/rank),
+/// go into trained.safetensors' metadata; the program adds its own keys afterwards.
+template <class Args>
+LoopOptions loop_options(const Args& a, std::string program, at::Device device, std::function<double()> elapsed,
+                         std::function<void(const std::string&)> log) {
+  LoopOptions loop;
+  loop.program = std::move(program);
+  loop.optimizer = a.optimizer;
+  loop.mode = a.mode;
+  loop.out = a.out;
+  loop.budget = a.budget;
+  loop.batch = a.batch;
+  loop.seed = a.seed;
+  loop.eval_every = a.eval_every;
+  loop.resume = a.resume;
+  loop.device = device;
+  loop.metadata = {{"model", a.model}};
+  if (a.mode == "lora") {
+    loop.metadata["lora_rank"] = std::to_string(a.lora_rank);
+    loop.metadata["lora_alpha"] = std::to_string(a.lora_alpha);
+  }
+  loop.elapsed = std::move(elapsed);
+  loop.log = std::move(log);
+  return loop;
+}
 
 /// What a run ends with; `summary` is summary.json's common part (the program adds its own keys).
 struct LoopResult {

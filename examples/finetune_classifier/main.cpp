@@ -448,24 +448,7 @@ int main(int argc, char** argv) try {
   };
   task.evaluate_dev = [&] { return evaluate(m, dev, a.eval_batch); };
   task.evaluate_test = [&] { return evaluate(m, test, a.eval_batch); };
-  LoopOptions loop;
-  loop.program = "finetune_classifier";
-  loop.optimizer = a.optimizer;
-  loop.mode = a.mode;
-  loop.out = a.out;
-  loop.budget = a.budget;
-  loop.batch = a.batch;
-  loop.seed = a.seed;
-  loop.eval_every = a.eval_every;
-  loop.resume = a.resume;
-  loop.device = device;
-  loop.metadata = {{"model", a.model}};
-  if (a.mode == "lora") {  // LoRA's update is B·A·alpha/rank (examples/common/bert.h)
-    loop.metadata["lora_rank"] = std::to_string(a.lora_rank);
-    loop.metadata["lora_alpha"] = std::to_string(a.lora_alpha);
-  }
-  loop.elapsed = elapsed;
-  loop.log = log;
+  const LoopOptions loop = loop_options(a, "finetune_classifier", device, elapsed, log);  // LoRA: examples/common/bert.h
   const LoopResult r = run_training(loop, task, trainer);
 
   Json summary = r.summary;

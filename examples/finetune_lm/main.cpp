@@ -491,25 +491,10 @@ int main(int argc, char** argv) try {
     task.higher_is_better = false;
   }
   if (m.use_lora) task.after_backward = [&] { m.lora.gradients_from_merged(); };
-  LoopOptions loop;
-  loop.program = kProgram;
-  loop.optimizer = a.optimizer;
-  loop.mode = a.mode;
-  loop.out = a.out;
-  loop.budget = a.budget;
-  loop.batch = a.batch;
-  loop.seed = a.seed;
-  loop.eval_every = a.eval_every;
-  loop.resume = a.resume;
-  loop.device = device;
-  loop.metadata = {{"model", a.model}, {"objective", a.objective}};
-  if (a.mode == "lora") {  // PEFT's convention: W = W0 + B·A·alpha/r on q_proj and v_proj
-    loop.metadata["lora_rank"] = std::to_string(a.lora_rank);
-    loop.metadata["lora_alpha"] = std::to_string(a.lora_alpha);
-    loop.metadata["lora_target_modules"] = "q_proj,v_proj";
-  }
-  loop.elapsed = elapsed;
-  loop.log = log;
+  LoopOptions loop = loop_options(a, kProgram, device, elapsed, log);
+  loop.metadata["objective"] = a.objective;
+  // PEFT's convention: W = W0 + B·A·alpha/r on q_proj and v_proj
+  if (a.mode == "lora") loop.metadata["lora_target_modules"] = "q_proj,v_proj";
   const LoopResult r = run_training(loop, task, trainer);
   if (m.use_lora) m.lora.merge();  // leave the model as evaluated
 
