@@ -29,7 +29,7 @@ using zotorch::detail::SweepPlan;
 struct Options {
   std::string device = "cpu";
   std::vector<std::string> cases = {"single", "llm"};
-  std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16};
+  std::vector<at::ScalarType> dtypes = {at::kFloat, at::kBFloat16, at::kHalf};
   std::vector<Distribution> dists = {Distribution::Rademacher, Distribution::Gaussian};
   std::vector<int> terms = {1};
   std::vector<bool> stochastic = {false, true};  // 16-bit types only; the optimizers default to true
@@ -73,7 +73,7 @@ const std::vector<AtenDraw>& gaussian_draws() {
 [[noreturn]] void usage(const char* message, int code = 2) {
   std::fprintf(code == 0 ? stdout : stderr,
                "%s%s"
-               "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|all]\n"
+               "usage: bench_sweep [--device cpu|cuda] [--case single|llm|all] [--dtype float32|bfloat16|float16|all]\n"
                "                   [--dist rademacher|gaussian|all] [--terms 1|2|8|all] [--rounding nearest|stochastic|all]\n"
                "                   [--kernels best|avx2|portable] [--repeats N] [--threads N] [--smoke]\n"
                "                   [--aten-draws all|NAME,...]  (bernoulli randint random randn_sign rand_lt randn normal)\n",
@@ -99,10 +99,11 @@ Options parse(int argc, char** argv) {
       else usage("--case must be single, llm or all");
     } else if (arg == "--dtype") {
       const std::string v = value();
-      if (v == "all") o.dtypes = {at::kFloat, at::kBFloat16};
+      if (v == "all") o.dtypes = {at::kFloat, at::kBFloat16, at::kHalf};
       else if (v == "float32") o.dtypes = {at::kFloat};
       else if (v == "bfloat16") o.dtypes = {at::kBFloat16};
-      else usage("--dtype must be float32, bfloat16 or all");
+      else if (v == "float16") o.dtypes = {at::kHalf};
+      else usage("--dtype must be float32, bfloat16, float16 or all");
     } else if (arg == "--dist") {
       const std::string v = value();
       if (v == "all") o.dists = {Distribution::Rademacher, Distribution::Gaussian};
@@ -233,7 +234,9 @@ Timing time_median(const std::function<void()>& body, int repeats, const at::Dev
   return {wall[wall.size() / 2], cpu[cpu.size() / 2]};
 }
 
-const char* dtype_name(at::ScalarType t) { return t == at::kFloat ? "float32" : "bfloat16"; }
+const char* dtype_name(at::ScalarType t) {
+  return t == at::kFloat ? "float32" : t == at::kBFloat16 ? "bfloat16" : "float16";
+}
 
 /// The CPU kernels in use, as the JSON reports them.
 const char* kernels_name(const at::Device& device, zotorch::detail::CpuKernels kernels) {

@@ -43,6 +43,20 @@ foreach(line IN LISTS lines)
     endif()
   endforeach()
 endforeach()
+# Every CPU path the sweep has: each dtype with each distribution, and stochastic rounding for both
+# 16-bit types (their AVX-512 passes are separate code).
+foreach(row "float32\",\"dist\":\"rademacher\",\"rounding\":\"nearest"
+            "float32\",\"dist\":\"gaussian\",\"rounding\":\"nearest"
+            "bfloat16\",\"dist\":\"rademacher\",\"rounding\":\"stochastic"
+            "bfloat16\",\"dist\":\"gaussian\",\"rounding\":\"nearest"
+            "float16\",\"dist\":\"rademacher\",\"rounding\":\"nearest"
+            "float16\",\"dist\":\"rademacher\",\"rounding\":\"stochastic"
+            "float16\",\"dist\":\"gaussian\",\"rounding\":\"stochastic")
+  string(FIND "${out}" "\"dtype\":\"${row}\"" at)
+  if(at EQUAL -1)
+    message(FATAL_ERROR "bench_sweep --smoke: no row with dtype ${row}")
+  endif()
+endforeach()
 if(rows EQUAL 0)
   message(FATAL_ERROR "bench_sweep --smoke printed no JSON line:\n${out}\n${err}")
 endif()

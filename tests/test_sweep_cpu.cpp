@@ -253,7 +253,7 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
   CHECK(cases == 4 * 2 * 2 * 9 * 6 + 2 * 2 * 2 * 9 * 6);
 }
 
-TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU build, rounding to nearest and stochastic",
+TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU build, both distributions, both roundings",
           "[sweep][rounding]") {
   // All 65,536 patterns (NaNs with payloads, signalling NaNs, infinities, subnormals, both zeros),
   // three times over so that each meets both signs of z, perturbed by steps from far below the
@@ -265,10 +265,11 @@ TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU bui
     ParamTable start;
     start.entries.push_back({patterns.view(dtype).contiguous(), 3, 0});
     for (double eps : {1e-30, 1e-7, 3e-3, 7.0}) {
+     for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
       for (bool stochastic : {false, true}) {
         for (bool restores : {false, true}) {
           SweepPlan plan;
-          plan.distribution = Distribution::Rademacher;
+          plan.distribution = dist;
           plan.stochastic_rounding = stochastic;
           plan.rounding_key = 0x5eed;
           plan.groups[0].lr = 1.0;
@@ -281,12 +282,13 @@ TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU bui
             cpu_kernels() = kernels;
             const ParamTable swept = clone_table(start);
             apply_sweep(swept, plan);
-            INFO(dtype << " eps " << eps << " stochastic " << stochastic << " staged " << restores << " kernels "
-                       << kernels_name(kernels));
+            INFO(dtype << " eps " << eps << " " << zotorch::to_string(dist) << " stochastic " << stochastic << " staged "
+                       << restores << " kernels " << kernels_name(kernels));
             CHECK(bitwise_same(swept.entries[0].tensor, expected.entries[0].tensor));
           }
         }
       }
+     }
     }
   }
 }

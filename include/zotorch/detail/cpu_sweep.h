@@ -41,6 +41,14 @@
 #define ZOTORCH_CPU_INLINE inline
 #endif
 
+// An unroll hint for GCC; nvcc's host pass (which compiles this header for the CUDA kernels' file)
+// and Clang do not know the GCC spelling.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#define ZOTORCH_CPU_UNROLL_4 _Pragma("GCC unroll 4")
+#else
+#define ZOTORCH_CPU_UNROLL_4
+#endif
+
 // GCC contracts a·b + c into an fma whenever the target has FMA and the language mode is GNU (the
 // CMake default), e.g. under -march=native. The sweep's entry points switch that off for
 // themselves and everything inlined into them, so its bits never depend on the user's flags.
@@ -410,10 +418,9 @@ ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t
   }
 }
 
-/// Bytes ahead of the element being swept that the pass over θ asks the cache for. The hardware
-/// prefetcher alone leaves a one-pass read-modify-write well below the core's bandwidth (bf16 at one
-/// thread: 9.5 → 13.3 GB/s with it, docs/performance.md "16-bit sweeps"); any distance from 2 to
-/// 8 KiB measured the same.
+/// Bytes ahead of the element being swept that the pass over θ asks the cache for: the hardware
+/// prefetcher alone leaves a one-pass read-modify-write below the core's bandwidth
+/// (docs/performance.md "16-bit sweeps").
 constexpr int64_t kCpuPrefetchBytes = 4096;
 
 /// Prefetches chunk-sized memory kCpuPrefetchBytes beyond `chunk`; past a tensor's end it is a no-op.
@@ -431,7 +438,7 @@ ZOTORCH_CPU_INLINE void prefetch_chunk_ahead(const S* chunk) {
 
 #if defined(ZOTORCH_CPU_AVX512_SWEEP)
 // ---------------------------------------------------------------------------------------------
-// The 16-bit Rademacher pass over θ in AVX-512 intrinsics (docs/performance.md "16-bit sweeps"):
+// The 16-bit pass over θ in AVX-512 intrinsics (docs/performance.md "16-bit sweeps"):
 // GCC's auto-vectorised loop spends most of its time converting between uint16 storage and float
 // lanes. Here 16 elements take one 256-bit load, the sign bits of one Philox word become a mask
 // register directly, and the widen / round-to-nearest / stochastic rounding of sweep.h are spelled
@@ -539,13 +546,14 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, 
   }
 }
 
-/// The final pass over θ of a 16-bit Rademacher linear sweep for chunks first_chunk .. + n − 1:
+/// The final pass over θ of a 16-bit linear sweep for chunks first_chunk .. + n − 1:
 /// CpuChunks::finish_linear's paths with a last term (plain, staged with the restore in the last
-/// term, staged with stored restores), element for element.
-template <class Storage, bool Stochastic, bool Partial>
-ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish_rademacher16_avx512(
+/// term, staged with stored restores), element for element. Rademacher signs come from the
+/// Philox words as masks; Gaussian values from gaussian_chunk, as the portable loop draws them.
+template <class Storage, Distribution Dist, bool Stochastic, bool Partial>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
     uint16_t* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan, float keep, const float* s,
-    float c, const uint32_t* last_words, bool staged, const float* restores, float cr) {
+    float c, const uint32_t* last_words, const SweepTerm* last, bool staged, const float* restores, float cr) {
   const __m512 keep_v = _mm512_set1_ps(keep), c_v = _mm512_set1_ps(c), cr_v = _mm512_set1_ps(cr);
   const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
   const __m512 zero = _mm512_setzero_ps();
@@ -559,25 +567,33 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish_rademacher16_avx51
       rounding_chunk<true>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
       if (staged) rounding_chunk<true>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
     }
-    for (int q = 0; q < 4; ++q) {
-      const uint32_t word = last_words[q * kCpuSpan + ch];
-      for (int h = 0; h < 2; ++h) {
-        const int i = 32 * q + 16 * h;
-        const __mmask16 negative = static_cast<__mmask16>(word >> (16 * h));
-        const __m512 x_in = widen16_avx512<Storage>(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + i))));
-        const __m512 partial = Partial ? _mm512_load_ps(sc + i) : zero;
-        // accumulate_sign: s + (c with its sign flipped where z = −1).
-        const __m512 direction = _mm512_add_ps(partial, _mm512_mask_xor_ps(c_v, negative, c_v, sign_bit));
-        __m512 x = x_in;
-        if (staged) {
-          const __m512 stored = restores != nullptr ? _mm512_load_ps(restores + ch * kCpuChunk + i) : zero;
-          const __m512 r = _mm512_add_ps(stored, _mm512_mask_xor_ps(cr_v, negative, cr_v, sign_bit));
-          x = restored16_avx512<Storage, Stochastic>(x_in, r, restore_uniform + (Stochastic ? i : 0));
-        }
-        const __m512 y = _mm512_add_ps(_mm512_mul_ps(keep_v, x), direction);
-        store16_avx512<Storage, Stochastic>(o + i, y, uniform + (Stochastic ? i : 0));
+    alignas(64) float z[Dist == Distribution::Gaussian ? kCpuChunk : 1];
+    if constexpr (Dist == Distribution::Gaussian) gaussian_chunk<true>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+    for (int i = 0; i < kCpuChunk; i += 16) {
+      // c·z and cr·z: a sign flip where the Rademacher bit is set (accumulate_sign), or the product
+      // with the Gaussian value (accumulate_value).
+      __m512 c_z, cr_z;
+      if constexpr (Dist == Distribution::Rademacher) {
+        const __mmask16 negative = static_cast<__mmask16>(last_words[(i / 32) * kCpuSpan + ch] >> (i % 32));
+        c_z = _mm512_mask_xor_ps(c_v, negative, c_v, sign_bit);
+        cr_z = _mm512_mask_xor_ps(cr_v, negative, cr_v, sign_bit);
+      } else {
+        const __m512 z_v = _mm512_load_ps(z + i);
+        c_z = _mm512_mul_ps(c_v, z_v);
+        cr_z = _mm512_mul_ps(cr_v, z_v);
       }
+      const __m512 x_in = widen16_avx512<Storage>(
+          _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(o + i))));
+      const __m512 partial = Partial ? _mm512_load_ps(sc + i) : zero;
+      const __m512 direction = _mm512_add_ps(partial, c_z);
+      __m512 x = x_in;
+      if (staged) {
+        const __m512 stored = restores != nullptr ? _mm512_load_ps(restores + ch * kCpuChunk + i) : zero;
+        x = restored16_avx512<Storage, Stochastic>(x_in, _mm512_add_ps(stored, cr_z),
+                                                   restore_uniform + (Stochastic ? i : 0));
+      }
+      const __m512 y = _mm512_add_ps(_mm512_mul_ps(keep_v, x), direction);
+      store16_avx512<Storage, Stochastic>(o + i, y, uniform + (Stochastic ? i : 0));
     }
   }
 }
@@ -746,7 +762,7 @@ struct CpuChunks {
         A* sq = s + ch * kCpuChunk + 32 * q;
         for (int b = 0; b < 32; ++b) {
           A acc = sq[b];
-#pragma GCC unroll 4
+          ZOTORCH_CPU_UNROLL_4
           for (int g = 0; g < G; ++g) acc = accumulate_sign(acc, c[g], sign_mask_of_bit(word[g], b));
           sq[b] = acc;
         }
@@ -822,10 +838,10 @@ struct CpuChunks {
                                                bool staged = false, const A* restores = nullptr, A cr = A(0)) {
     const A keep = group.keep;
 #if defined(ZOTORCH_CPU_AVX512_SWEEP)
-    if constexpr (Avx512 && Storage::is_16_bit && Dist == Distribution::Rademacher) {
+    if constexpr (Avx512 && Storage::is_16_bit) {
       if (last != nullptr) {
-        finish_rademacher16_avx512<Storage, Stochastic, Partial>(out, first_chunk, n, tensor_id, plan, keep, s, c,
-                                                                 last_words, staged, restores, cr);
+        finish16_avx512<Storage, Dist, Stochastic, Partial>(out, first_chunk, n, tensor_id, plan, keep, s, c,
+                                                            last_words, last, staged, restores, cr);
         return;
       }
     }
