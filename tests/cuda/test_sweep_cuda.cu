@@ -10,6 +10,7 @@
 #include <zotorch/detail/dispatch.h>
 #include <zotorch/noise.h>
 
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -65,6 +66,16 @@ struct TwinLists {
     return cache == nullptr ? 0 : cache->builds;
   }
 };
+
+/// A pool stream ordered after all work queued so far on the current stream (what
+/// torch.cuda.Stream.wait_stream does): the parameters it sweeps were written there.
+c10::cuda::CUDAStream side_stream_after_current() {
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  at::cuda::CUDAEvent written;
+  written.record(c10::cuda::getCurrentCUDAStream());
+  written.block(side);
+  return side;
+}
 
 const at::ScalarType kDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
 const Distribution kDistributions[] = {Distribution::Rademacher, Distribution::Gaussian};
@@ -150,7 +161,7 @@ TEST_CASE("CUDA sweep runs on the current stream even when it is not the default
   TwinLists lists(long_list(), 88);
   const SweepPlan plan = make_plan(Distribution::Gaussian, false, true, 2, 3, 89);
   lists.sweep(plan);  // builds the table on the default stream
-  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  const c10::cuda::CUDAStream side = side_stream_after_current();
   {
     const c10::cuda::CUDAStreamGuard guard(side);
     lists.sweep(plan);  // first use of the table on another stream
@@ -165,7 +176,7 @@ TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync or allocation 
   ZOTORCH_REQUIRE_CUDA();
   TwinLists lists(long_list(), 99);
   const SweepPlan plan = make_plan(Distribution::Rademacher, true, true, 9, 3, 100);
-  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  const c10::cuda::CUDAStream side = side_stream_after_current();  // after the values' upload
   const c10::cuda::CUDAStreamGuard guard(side);
   lists.sweep(plan);  // builds the table; capture needs a warm table
   side.synchronize();
