@@ -203,6 +203,47 @@ TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync or allocation 
   C10_CUDA_CHECK(cudaGraphDestroy(graph));
 }
 
+TEST_CASE("CUDA sweep inside graph capture refuses a table build and a table not yet used on the capturing stream",
+          "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA();
+  TwinLists lists(long_list(), 111);
+  const SweepPlan plan = make_plan(Distribution::Rademacher, false, false, 2, 3, 112);
+  const c10::cuda::CUDAStream side = side_stream_after_current();
+  const c10::cuda::CUDAStreamGuard guard(side);
+  // Captures one sweep on `side`; returns the error's message, "" when it was captured.
+  const auto capture_sweep = [&] {
+    std::string message;
+    cudaGraph_t graph = nullptr;
+    C10_CUDA_CHECK(cudaStreamBeginCapture(side.stream(), cudaStreamCaptureModeGlobal));
+    try {
+      zotorch::detail::apply_sweep(lists.cuda_table, plan);
+    } catch (const c10::Error& e) {
+      message = e.what();
+    }
+    // The refusal comes before any CUDA call, so the capture is still valid and ends cleanly.
+    C10_CUDA_CHECK(cudaStreamEndCapture(side.stream(), &graph));
+    if (graph != nullptr) C10_CUDA_CHECK(cudaGraphDestroy(graph));
+    return message;
+  };
+  CHECK_THAT(capture_sweep(), Catch::Contains("device table must be built first"));
+  CHECK(lists.builds() == 0);
+
+  {  // Warm the table on the default stream: the side stream has not waited for its upload.
+    const c10::cuda::CUDAStreamGuard on_default(c10::cuda::getDefaultCUDAStream());
+    lists.sweep(plan);
+  }
+  at::cuda::CUDAEvent swept;
+  swept.record(c10::cuda::getDefaultCUDAStream());
+  swept.block(side);
+  CHECK_THAT(capture_sweep(), Catch::Contains("uploaded on another stream"));
+
+  lists.sweep(plan);  // outside capture: orders `side` after the upload
+  CHECK(capture_sweep().empty());
+  CHECK(lists.builds() == 1);
+  side.synchronize();
+  lists.require_equal("two sweeps, captures not launched");  // the CPU side swept twice as well
+}
+
 TEST_CASE("zotorch::noise with CUDA options equals the CPU noise bitwise", "[cuda]") {
   ZOTORCH_REQUIRE_CUDA();
   for (const at::ScalarType dtype : kDtypes) {

@@ -135,7 +135,6 @@ inline void require_large_kernel_parameters() {
 
 inline void cuda_sweep(const ParamTable& table, const SweepPlan& plan) {
   if (table.entries.empty()) return;
-  require_large_kernel_parameters();
   TORCH_CHECK(plan.num_terms >= 0 && plan.num_terms <= kMaxTerms, "zotorch CUDA sweep: SweepPlan::num_terms is ",
               plan.num_terms, "; it must be in [0, ", kMaxTerms, "]");
   TORCH_CHECK(plan.num_groups >= 1 && plan.num_groups <= kMaxGroups, "zotorch CUDA sweep: SweepPlan::num_groups is ",
@@ -150,6 +149,7 @@ inline void cuda_sweep(const ParamTable& table, const SweepPlan& plan) {
   CudaTableCache& cache = cuda_table(table, stream);
   TORCH_CHECK(cache.layout.max_group < plan.num_groups, "zotorch CUDA sweep: a parameter is in group ",
               cache.layout.max_group, " but the plan has ", plan.num_groups, " groups");
+  require_large_kernel_parameters();
   const auto* device_entries = static_cast<const CudaTableEntry*>(cache.device_entries.data_ptr());
   for (int kind = 0; kind < kCudaStorageKinds; ++kind) {
     const CudaKindRange& range = cache.layout.kinds[kind];
