@@ -7,6 +7,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <algorithm>
 #include <chrono>
@@ -171,6 +173,8 @@ Options parse(int argc, char** argv) {
     if (!given(dist == Distribution::Gaussian ? gaussian_draws() : rademacher_draws()))
       usage("--aten-draws names no draw of one of the distributions measured (Rademacher and Gaussian have their own)");
   if (o.smoke && !o.repeats_given) o.repeats = 1;  // ctest runs --smoke to see it start and finish, not to measure
+  // A GPU pass over the llm case takes well under a millisecond: many repeats for a stable median.
+  else if (o.device == "cuda" && !o.repeats_given) o.repeats = 200;
   return o;
 }
 
@@ -217,7 +221,33 @@ double process_cpu_seconds() {
   return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
+/// CUDA: the median over `repeats` runs of the GPU time between two events on the current stream
+/// around each run (c10::Event, so this file needs no CUDA header), after a warm-up; host launch
+/// overhead is not part of it unless the GPU waits for the host. `cpu` is the host time per run.
+Timing time_median_cuda(const std::function<void()>& body, int repeats, const at::Device& device) {
+  const c10::impl::VirtualGuardImpl guard(c10::DeviceType::CUDA);
+  const c10::Stream stream = guard.getStream(device);
+  body();
+  stream.synchronize();
+  std::vector<double> gpu, cpu;
+  for (int r = 0; r < repeats; ++r) {
+    c10::Event start(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT);  // timing enabled
+    c10::Event stop(c10::DeviceType::CUDA, c10::EventFlag::BACKEND_DEFAULT);
+    const double cpu_start = process_cpu_seconds();
+    start.record(stream);
+    body();
+    stop.record(stream);
+    cpu.push_back(process_cpu_seconds() - cpu_start);
+    stop.synchronize();
+    gpu.push_back(1e-3 * start.elapsedTime(stop));
+  }
+  std::sort(gpu.begin(), gpu.end());
+  std::sort(cpu.begin(), cpu.end());
+  return {gpu[gpu.size() / 2], cpu[cpu.size() / 2]};
+}
+
 Timing time_median(const std::function<void()>& body, int repeats, const at::Device& device, const at::Tensor& any) {
+  if (device.is_cuda()) return time_median_cuda(body, repeats, device);
   body();
   synchronize(device, any);
   std::vector<double> wall, cpu;
@@ -274,7 +304,8 @@ struct Row {
   std::string device, dtype, dist, case_name, rounding;
   int64_t numel = 0, tensors = 0;
   int terms = 0, threads = 0;
-  double zotorch = 0, aten = 0, limit = 0, dtype_limit = 0, copy = 0;  // GB/s of wall time
+  double zotorch = 0, aten = 0, limit = 0, dtype_limit = 0, copy = 0;  // GB/s of wall time (CUDA: of GPU event time)
+  double flat_limit = 0, flat_copy = 0;  // CUDA only: one launch over a flat buffer
   double zotorch_cpu = 0, aten_cpu = 0, limit_cpu = 0, dtype_limit_cpu = 0;  // GB/s of process CPU time
   std::string aten_impl, limit_impl;
   std::vector<std::pair<std::string, double>> aten_candidates;  // every draw's GB/s of wall time
@@ -340,6 +371,14 @@ int main(int argc, char** argv) {
       const bool f32_limit_wins = dtype != at::kFloat && f32_limit_gbps > dtype_limit_gbps;
       const Timing copy_s = time_median(
           [&] { for (size_t i = 0; i < params.size(); ++i) copies[i].copy_(params[i]); }, opt.repeats, device, any);
+      // On a GPU those loops are one launch per tensor (292 for llm), which the sweep's one launch per
+      // dtype does not pay: one flat buffer of the same bytes gives the one-launch references.
+      Timing flat_limit_s, flat_copy_s;
+      if (device.is_cuda()) {
+        at::Tensor flat = at::randn({numel}, options).mul_(0.02), flat_copy = at::empty_like(flat);
+        flat_limit_s = time_median([&] { flat.add_(1e-3); }, opt.repeats, device, flat);
+        flat_copy_s = time_median([&] { flat_copy.copy_(flat); }, opt.repeats, device, flat);
+      }
       for (Distribution dist : opt.dists) {
         for (int terms : opt.terms) {
           // terms == 1: a perturbation θ += eps·z. terms == 2: an FZOO probe transition, +eps·z_1 with the
@@ -406,6 +445,10 @@ int main(int argc, char** argv) {
             row.limit = f32_limit_wins ? f32_limit_gbps : dtype_limit_gbps;
             row.limit_impl = f32_limit_wins ? "float32_add" : "dtype_add";
             row.copy = bytes / copy_s.wall / 1e9;
+            if (device.is_cuda()) {
+              row.flat_limit = bytes / flat_limit_s.wall / 1e9;
+              row.flat_copy = bytes / flat_copy_s.wall / 1e9;
+            }
             row.zotorch_cpu = bytes / zotorch_s.cpu / 1e9;
             row.aten_cpu = bytes / aten_s.cpu / 1e9;
             row.dtype_limit_cpu = dtype_limit_cpu_gbps;
@@ -424,7 +467,7 @@ int main(int argc, char** argv) {
                 "\"speedup_vs_aten\":%.3f,\"fraction_of_limit\":%.3f,\"zotorch_cpu_gbps\":%.3f,\"aten_cpu_gbps\":%.3f,"
                 "\"limit_cpu_gbps\":%.3f,\"speedup_vs_aten_cpu\":%.3f,\"fraction_of_limit_cpu\":%.3f,"
                 "\"aten_impl\":\"%s\",\"aten_candidates_gbps\":{%s},\"limit_impl\":\"%s\",\"dtype_limit_gbps\":%.3f,"
-                "\"fraction_of_dtype_limit\":%.3f,\"dtype_limit_cpu_gbps\":%.3f,\"fraction_of_dtype_limit_cpu\":%.3f}\n",
+                "\"fraction_of_dtype_limit\":%.3f,\"dtype_limit_cpu_gbps\":%.3f,\"fraction_of_dtype_limit_cpu\":%.3f",
                 row.device.c_str(), kernels_name(device, opt.kernels), row.case_name.c_str(), row.dtype.c_str(),
                 row.dist.c_str(), row.rounding.c_str(), static_cast<long long>(row.numel),
                 static_cast<long long>(row.tensors), row.terms, row.threads, opt.repeats, row.zotorch, row.aten,
@@ -432,6 +475,11 @@ int main(int argc, char** argv) {
                 row.limit_cpu, row.zotorch_cpu / row.aten_cpu, row.zotorch_cpu / row.limit_cpu, row.aten_impl.c_str(),
                 candidates_json.c_str(), row.limit_impl.c_str(), row.dtype_limit, row.zotorch / row.dtype_limit,
                 row.dtype_limit_cpu, row.zotorch_cpu / row.dtype_limit_cpu);
+            if (device.is_cuda()) {
+              std::printf(",\"flat_limit_gbps\":%.3f,\"flat_copy_gbps\":%.3f,\"fraction_of_flat_copy\":%.3f",
+                          row.flat_limit, row.flat_copy, row.zotorch / row.flat_copy);
+            }
+            std::printf("}\n");
             std::fflush(stdout);
             rows.push_back(row);
           }
@@ -449,6 +497,19 @@ int main(int argc, char** argv) {
                  static_cast<long long>(r.numel), static_cast<long long>(r.tensors), r.terms, r.zotorch, r.aten,
                  r.aten_impl.c_str(), r.limit, r.dtype_limit, r.copy, r.zotorch / r.aten, r.zotorch / r.limit,
                  r.zotorch / r.dtype_limit);
+  }
+  if (device.is_cuda()) {
+    std::fprintf(stderr, "\n%-7s %-9s %-11s %-10s %5s %9s %9s %9s %9s\n", "case", "dtype", "dist", "rounding", "terms",
+                 "zotorch", "flat add", "flat copy", "of copy");
+    for (const Row& r : rows) {
+      std::fprintf(stderr, "%-7s %-9s %-11s %-10s %5d %9.2f %9.2f %9.2f %9.2f\n", r.case_name.c_str(), r.dtype.c_str(),
+                   r.dist.c_str(), r.rounding.c_str(), r.terms, r.zotorch, r.flat_limit, r.flat_copy,
+                   r.zotorch / r.flat_copy);
+    }
+    std::fprintf(stderr,
+                 "(CUDA: GB/s per second of GPU time between CUDA events, median of %d runs; flat add/copy = one "
+                 "add_/copy_ launch over a single buffer of the same bytes.)\n",
+                 opt.repeats);
   }
   std::fprintf(stderr,
                "(GB/s of parameter bytes read + written per second of wall time. aten = the fastest of the ATen draws "

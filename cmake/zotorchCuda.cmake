@@ -24,6 +24,35 @@ function(_zotorch_require_cuda_language caller)
   endif()
 endfunction()
 
+# docs/cuda.md "Compiler requirements": the kernels equal the CPU bit for bit only with IEEE division
+# and square root and with subnormals kept. nvcc defines no macro for --use_fast_math, -ftz,
+# -prec-div or -prec-sqrt, so the kernels' header cannot refuse them; the build puts these flags last
+# on the kernels' command line instead: an explicit value overrides what --use_fast_math implies,
+# and of two explicit values the last one wins. tests/cuda/check_exact_ptx.cmake checks it.
+set(ZOTORCH_CUDA_EXACT_FLAGS -ftz=false -prec-div=true -prec-sqrt=true -fmad=true)
+set_property(GLOBAL PROPERTY ZOTORCH_CUDA_EXACT_FLAGS ${ZOTORCH_CUDA_EXACT_FLAGS})
+
+# Source-file COMPILE_OPTIONS come after every flag of the target and of CMAKE_CUDA_FLAGS, but they
+# are per directory, and zotorch::cuda compiles the .cu in whichever directory its consumer lives.
+# So: set them in `dir` and, recursively, in all of its subdirectories (idempotent).
+function(_zotorch_force_exact_cuda_flags dir)
+  get_property(source GLOBAL PROPERTY ZOTORCH_CUDA_KERNELS_SOURCE)
+  get_property(flags GLOBAL PROPERTY ZOTORCH_CUDA_EXACT_FLAGS)
+  get_property(options SOURCE "${source}" DIRECTORY "${dir}" PROPERTY COMPILE_OPTIONS)
+  list(REMOVE_ITEM options ${flags})
+  set_property(SOURCE "${source}" DIRECTORY "${dir}" PROPERTY COMPILE_OPTIONS ${options} ${flags})
+  get_property(subdirectories DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)
+  foreach(subdirectory IN LISTS subdirectories)
+    _zotorch_force_exact_cuda_flags("${subdirectory}")
+  endforeach()
+endfunction()
+# At the end of the top-level directory every target that can compile the .cu exists.
+get_property(_zotorch_exact_deferred GLOBAL PROPERTY ZOTORCH_CUDA_EXACT_DEFERRED)
+if(NOT _zotorch_exact_deferred)
+  set_property(GLOBAL PROPERTY ZOTORCH_CUDA_EXACT_DEFERRED TRUE)
+  cmake_language(DEFER DIRECTORY "${CMAKE_SOURCE_DIR}" CALL _zotorch_force_exact_cuda_flags "${CMAKE_SOURCE_DIR}")
+endif()
+
 # zotorch::cuda: an INTERFACE target whose only content is the kernels' source, compiled into each
 # executable that links it. Do not link it into a library: see zotorch_add_cuda_kernels. The .cu gets
 # LibTorch's C++ standard through torch's compile features (see zotorch_enable_cuda20).
@@ -50,6 +79,7 @@ function(zotorch_create_cuda_kernels_target)
   target_link_libraries(zotorch_cuda_kernels PRIVATE zotorch::zotorch)
   # One CUDA runtime per process: torch's shared libcudart, never a static copy beside it.
   set_target_properties(zotorch_cuda_kernels PROPERTIES CUDA_RUNTIME_LIBRARY Shared POSITION_INDEPENDENT_CODE ON)
+  _zotorch_force_exact_cuda_flags("${CMAKE_CURRENT_SOURCE_DIR}")
 endfunction()
 
 #[=======================================================================[.rst:

@@ -10,6 +10,7 @@
 #include <zotorch/detail/dispatch.h>
 #include <zotorch/noise.h>
 
+#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -65,6 +66,16 @@ struct TwinLists {
     return cache == nullptr ? 0 : cache->builds;
   }
 };
+
+/// A pool stream ordered after all work queued so far on the current stream (what
+/// torch.cuda.Stream.wait_stream does): the parameters it sweeps were written there.
+c10::cuda::CUDAStream side_stream_after_current() {
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  at::cuda::CUDAEvent written;
+  written.record(c10::cuda::getCurrentCUDAStream());
+  written.block(side);
+  return side;
+}
 
 const at::ScalarType kDtypes[] = {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16};
 const Distribution kDistributions[] = {Distribution::Rademacher, Distribution::Gaussian};
@@ -150,7 +161,7 @@ TEST_CASE("CUDA sweep runs on the current stream even when it is not the default
   TwinLists lists(long_list(), 88);
   const SweepPlan plan = make_plan(Distribution::Gaussian, false, true, 2, 3, 89);
   lists.sweep(plan);  // builds the table on the default stream
-  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  const c10::cuda::CUDAStream side = side_stream_after_current();
   {
     const c10::cuda::CUDAStreamGuard guard(side);
     lists.sweep(plan);  // first use of the table on another stream
@@ -165,7 +176,7 @@ TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync or allocation 
   ZOTORCH_REQUIRE_CUDA();
   TwinLists lists(long_list(), 99);
   const SweepPlan plan = make_plan(Distribution::Rademacher, true, true, 9, 3, 100);
-  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  const c10::cuda::CUDAStream side = side_stream_after_current();  // after the values' upload
   const c10::cuda::CUDAStreamGuard guard(side);
   lists.sweep(plan);  // builds the table; capture needs a warm table
   side.synchronize();
@@ -190,6 +201,47 @@ TEST_CASE("CUDA sweep is capturable in a CUDA graph: no host sync or allocation 
   lists.require_equal("two graph launches");
   C10_CUDA_CHECK(cudaGraphExecDestroy(exec));
   C10_CUDA_CHECK(cudaGraphDestroy(graph));
+}
+
+TEST_CASE("CUDA sweep inside graph capture refuses a table build and a table not yet used on the capturing stream",
+          "[cuda]") {
+  ZOTORCH_REQUIRE_CUDA();
+  TwinLists lists(long_list(), 111);
+  const SweepPlan plan = make_plan(Distribution::Rademacher, false, false, 2, 3, 112);
+  const c10::cuda::CUDAStream side = side_stream_after_current();
+  const c10::cuda::CUDAStreamGuard guard(side);
+  // Captures one sweep on `side`; returns the error's message, "" when it was captured.
+  const auto capture_sweep = [&] {
+    std::string message;
+    cudaGraph_t graph = nullptr;
+    C10_CUDA_CHECK(cudaStreamBeginCapture(side.stream(), cudaStreamCaptureModeGlobal));
+    try {
+      zotorch::detail::apply_sweep(lists.cuda_table, plan);
+    } catch (const c10::Error& e) {
+      message = e.what();
+    }
+    // The refusal comes before any CUDA call, so the capture is still valid and ends cleanly.
+    C10_CUDA_CHECK(cudaStreamEndCapture(side.stream(), &graph));
+    if (graph != nullptr) C10_CUDA_CHECK(cudaGraphDestroy(graph));
+    return message;
+  };
+  CHECK_THAT(capture_sweep(), Catch::Contains("device table must be built first"));
+  CHECK(lists.builds() == 0);
+
+  {  // Warm the table on the default stream: the side stream has not waited for its upload.
+    const c10::cuda::CUDAStreamGuard on_default(c10::cuda::getDefaultCUDAStream());
+    lists.sweep(plan);
+  }
+  at::cuda::CUDAEvent swept;
+  swept.record(c10::cuda::getDefaultCUDAStream());
+  swept.block(side);
+  CHECK_THAT(capture_sweep(), Catch::Contains("uploaded on another stream"));
+
+  lists.sweep(plan);  // outside capture: orders `side` after the upload
+  CHECK(capture_sweep().empty());
+  CHECK(lists.builds() == 1);
+  side.synchronize();
+  lists.require_equal("two sweeps, captures not launched");  // the CPU side swept twice as well
 }
 
 TEST_CASE("zotorch::noise with CUDA options equals the CPU noise bitwise", "[cuda]") {

@@ -12,6 +12,8 @@
 
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 namespace zotorch {
 namespace detail {
 
@@ -24,6 +26,15 @@ constexpr int kCudaWarps = kCudaThreads / kWarpLanes;
 static_assert(sizeof(SweepPlan) + sizeof(CudaLaunchArgs) <= 32764, "kernel parameters exceed 32764 bytes");
 #if defined(CUDART_VERSION) && CUDART_VERSION < 12010
 #error "zotorch CUDA kernels need CUDA 12.1 or newer (kernel parameters above 4 KB)"
+#endif
+// docs/cuda.md "Compiler requirements": fast math changes divisions, square roots and subnormals, so
+// CUDA would no longer equal the CPU bit for bit. nvcc 13 defines no macro for --use_fast_math,
+// -ftz, -prec-div or -prec-sqrt (the build forces the exact values instead, cmake/zotorchCuda.cmake);
+// these are the macros that other compilers and nvcc versions do define.
+#if defined(__USE_FAST_MATH__) || (defined(__CUDA_FTZ) && __CUDA_FTZ) || \
+    (defined(__CUDA_PREC_DIV) && !__CUDA_PREC_DIV) || (defined(__CUDA_PREC_SQRT) && !__CUDA_PREC_SQRT) || \
+    defined(__CLANG_CUDA_APPROX_TRANSCENDENTALS__) || (defined(__CUDA_ARCH__) && defined(__FAST_MATH__))
+#error "zotorch CUDA kernels must be compiled without --use_fast_math, -ftz=true, -prec-div=false, -prec-sqrt=false or -ffast-math: they would no longer round like the CPU (docs/cuda.md)"
 #endif
 
 /// Shared memory of one block: the Rademacher staging area, then the resolved group scalars.
@@ -52,8 +63,16 @@ struct WarpLanes {
   __device__ __forceinline__ void sync() { __syncwarp(); }
 };
 
+/// Blocks per SM a kernel's registers must allow (__launch_bounds__). docs/cuda.md "Occupancy": every
+/// kernel keeps what ptxas needs without spilling; only the fp32 Rademacher adaptive one fits two
+/// blocks (128 registers) with no spill, where it would otherwise take 136-139 and run one block.
 template <class Storage, Distribution Dist, bool Adaptive>
-__global__ void __launch_bounds__(kCudaThreads)
+constexpr int min_blocks_per_sm() {
+  return std::is_same<Storage, Float32Storage>::value && Dist == Distribution::Rademacher && Adaptive ? 2 : 1;
+}
+
+template <class Storage, Distribution Dist, bool Adaptive>
+__global__ void __launch_bounds__(kCudaThreads, (min_blocks_per_sm<Storage, Dist, Adaptive>()))
     sweep_kernel(const __grid_constant__ SweepPlan plan, const __grid_constant__ CudaLaunchArgs args) {
   using A = typename Storage::acc;
   extern __shared__ __align__(16) unsigned char shared[];
@@ -100,6 +119,20 @@ void launch_sweep_for(const SweepPlan& plan, const CudaLaunchArgs& args, CudaTab
 
 /// CudaBackend::sweep: one sweep over every tensor of `table` (all on one CUDA device) on that
 /// device's current stream. Asynchronous, like any CUDA op.
+/// The plan is a kernel parameter of more than 4 KB, which drivers older than CUDA 12.1 (r530)
+/// reject at launch with an error that does not say why; say it before the first launch.
+inline void require_large_kernel_parameters() {
+  static const int driver = [] {
+    int version = 0;
+    C10_CUDA_CHECK(cudaDriverGetVersion(&version));
+    return version;
+  }();
+  TORCH_CHECK(driver >= 12010, "zotorch CUDA sweep: the NVIDIA driver supports CUDA ", driver / 1000, ".",
+              (driver % 1000) / 10, " (cudaDriverGetVersion = ", driver, "), but the kernels pass their ",
+              sizeof(SweepPlan), "-byte plan as a kernel parameter, above the 4 KB limit of drivers before CUDA 12.1; "
+              "install an NVIDIA driver of release 530 or newer");
+}
+
 inline void cuda_sweep(const ParamTable& table, const SweepPlan& plan) {
   if (table.entries.empty()) return;
   TORCH_CHECK(plan.num_terms >= 0 && plan.num_terms <= kMaxTerms, "zotorch CUDA sweep: SweepPlan::num_terms is ",
@@ -116,6 +149,7 @@ inline void cuda_sweep(const ParamTable& table, const SweepPlan& plan) {
   CudaTableCache& cache = cuda_table(table, stream);
   TORCH_CHECK(cache.layout.max_group < plan.num_groups, "zotorch CUDA sweep: a parameter is in group ",
               cache.layout.max_group, " but the plan has ", plan.num_groups, " groups");
+  require_large_kernel_parameters();
   const auto* device_entries = static_cast<const CudaTableEntry*>(cache.device_entries.data_ptr());
   for (int kind = 0; kind < kCudaStorageKinds; ++kind) {
     const CudaKindRange& range = cache.layout.kinds[kind];

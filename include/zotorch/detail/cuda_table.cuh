@@ -150,9 +150,22 @@ inline CudaTableCache& cuda_table(const ParamTable& table, const c10::cuda::CUDA
     cache = fresh.get();
     table.cuda_cache = std::move(fresh);
   }
+  // docs/cuda.md "CUDA graphs": a capture records launches, it does not run them, so neither an
+  // upload nor a wait for an upload recorded outside the capture can happen inside one. Refuse both,
+  // before any CUDA call that would invalidate the capture.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream.stream(), &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
   if (!cache->matches(table)) {
+    TORCH_CHECK(!capturing, "zotorch CUDA sweep: stream ", stream.id(), " is capturing a CUDA graph, but the "
+                "parameters' device table must be built first (first sweep of this list, or a parameter's storage, "
+                "size, dtype or group changed since the last one); run one sweep (an optimizer step) on this stream "
+                "before beginning the capture, and change no parameter during it");
     rebuild_cuda_table(*cache, table, stream);
   } else if (std::find(cache->streams.begin(), cache->streams.end(), stream.stream()) == cache->streams.end()) {
+    TORCH_CHECK(!capturing, "zotorch CUDA sweep: stream ", stream.id(), " is capturing a CUDA graph, but the "
+                "parameters' device table was uploaded on another stream and a capture cannot wait for that; run one "
+                "sweep (an optimizer step) on the capturing stream before beginning the capture");
     // First launch on another stream: order it after the upload and keep the buffer alive for it.
     C10_CUDA_CHECK(cudaStreamWaitEvent(stream.stream(), cache->ready, 0));
     c10::cuda::CUDACachingAllocator::recordStream(cache->device_entries.storage().data_ptr(), stream);
