@@ -4,6 +4,15 @@
 
 #include <zotorch/detail/sweep.h>
 
+// The registry and the registration function keep default visibility even in code built with
+// -fvisibility=hidden: a shared library that compiles the kernels registers them from inside
+// itself, and the program must see the same registry (tests/visibility, docs/cuda.md).
+#if defined(__GNUC__) || defined(__clang__)
+#define ZOTORCH_REGISTRY_VISIBLE __attribute__((visibility("default")))
+#else
+#define ZOTORCH_REGISTRY_VISIBLE
+#endif
+
 namespace zotorch {
 namespace detail {
 
@@ -15,7 +24,7 @@ struct CudaBackend {
 };
 
 /// The one registry of the program (an inline function's static is shared by all translation units).
-inline CudaBackend& cuda_backend() {
+ZOTORCH_REGISTRY_VISIBLE inline CudaBackend& cuda_backend() {
   static CudaBackend backend;
   return backend;
 }
@@ -27,7 +36,7 @@ inline bool cuda_kernels_available() { return cuda_backend().sweep != nullptr; }
 
 /// Defined (weak, C linkage so link lines can name it: -u zotorch_register_cuda_kernels) in
 /// share/zotorch/cuda_kernels.cu.
-extern "C" void zotorch_register_cuda_kernels();
+extern "C" ZOTORCH_REGISTRY_VISIBLE void zotorch_register_cuda_kernels();
 
 namespace zotorch {
 
