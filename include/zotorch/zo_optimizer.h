@@ -49,14 +49,25 @@ struct StepReport {
   /// FZOO: c_i = (l_i − l_0)/(N·σ). MeZO/AdaMeZO: projected gradients g_k = (L+_k − L−_k)/(2ε).
   std::vector<double> coefficients;
   double loss = std::numeric_limits<double>::quiet_NaN();  ///< the value step() returned
+  /// Each param group's lr and weight_decay in force during this step (a scheduler may change them after).
+  std::vector<double> lr, weight_decay;
   bool skipped = false;      ///< the update was not applied (non-finite loss, or FZOO's σ guard)
-  int64_t forward_passes = 0;  ///< closure calls in this step
+  /// step() threw (the closure threw, or returned a non-finite loss under NonFinite::Throw): the
+  /// parameters were restored within one rounding per sweep, the optimizer state is unchanged, and
+  /// `losses` holds the losses the method had read when it stopped.
+  bool aborted = false;
+  int64_t forward_passes = 0;  ///< closure calls in this step (for an aborted step, the failing one included)
+  /// 1 for the first step() call on this optimizer object, counting aborted calls; not saved in
+  /// checkpoints. TrajectoryWriter uses it to notice a step it was not shown.
+  int64_t call = 0;
   int64_t sweeps = 0;          ///< read-modify-write passes over all parameters in this step
   double seconds = 0;          ///< wall time of step()
   double closure_seconds = 0;  ///< wall time spent inside the closure (host clock)
 };
 
 namespace detail {
+struct ReplayAccess;  // trajectory.h: replays recorded steps through the optimizer's own code
+
 inline bool name_contains_any(const std::string& name, std::initializer_list<const char*> markers) {
   std::string lower(name);
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -257,12 +268,22 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     refresh_table();
     torch::NoGradGuard no_grad;
     ParamState& state = global_state();
+    state_before_last_step_ = state;
     Step step(*this, closure, state.step());
+    step.report_.call = ++calls_;
+    // An aborted step is reported too: its perturbation and restore sweeps moved θ by rounding,
+    // and a trajectory must repeat them to stay bit-exact (docs/trajectory.md "Aborted steps").
+    auto report_aborted = [&] {
+      step.report_.aborted = true;
+      step.report_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      last_step_ = step.report_;
+    };
     try {
       static_cast<Derived&>(*this).run_step(step);
     } catch (const detail::NonFiniteLoss& bad) {
       step.restore();
       if (options_of(0).on_nonfinite() == NonFinite::Throw) {
+        report_aborted();
         TORCH_CHECK(false, Derived::kName, ": the closure returned a non-finite loss (", bad.value, ") at forward pass ",
                     bad.forward_pass, " of step ", state.step(),
                     "; the parameters were restored. Use on_nonfinite(zotorch::NonFinite::Skip) to skip such steps");
@@ -270,6 +291,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
       step.skip();
     } catch (...) {
       step.restore();
+      report_aborted();
       throw;
     }
     // Commit: only now does the optimizer state change.
@@ -299,8 +321,11 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
   /// The loss reducer in use (empty when none).
   const LossReducer& loss_reducer() const { return loss_reducer_; }
 
-  /// The report of the most recent step() (empty before the first).
+  /// The report of the most recent step() (empty before the first), aborted steps included.
   const StepReport& last_step() const { return last_step_; }
+  /// The optimizer state as it was when the most recent step() began (default before the first):
+  /// where a trajectory that starts with that step starts from.
+  const ParamState& state_before_last_step() const { return state_before_last_step_; }
   /// Closure calls of all completed or skipped steps.
   int64_t forward_passes() const { return global_state().forward_passes(); }
   /// Steps whose update was not applied (non-finite loss, σ guard).
@@ -363,9 +388,9 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
     /// synchronises once, not once per forward pass.
     void evaluate() {
       const auto started = std::chrono::steady_clock::now();
+      ++report_.forward_passes;
       at::Tensor loss = closure_();
       report_.closure_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-      ++report_.forward_passes;
       TORCH_CHECK(loss.defined(), Derived::kName, ": the closure returned an undefined tensor; return the loss");
       TORCH_CHECK(loss.numel() == 1, Derived::kName, ": the closure must return a scalar loss, got shape ", loss.sizes(),
                   "; reduce it, e.g. with .mean()");
@@ -458,7 +483,7 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
       }
       plan.num_terms = kept;
       if (plan.num_terms > 0 || decay) {
-        detail::apply_sweep(owner_.table_, plan);
+        if (owner_.apply_sweeps_) detail::apply_sweep(owner_.table_, plan);
         ++report_.sweeps;
       }
       applied_ = std::move(target);
@@ -488,6 +513,10 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
         : owner_(owner), closure_(closure), distribution_(static_cast<Derived&>(owner).distribution()) {
       report_.step = index;
       report_.key = step_key(owner.options_of(0).seed(), static_cast<uint64_t>(index));
+      for (size_t g = 0; g < owner.param_groups_.size(); ++g) {
+        report_.lr.push_back(owner.options_of(g).lr());
+        report_.weight_decay.push_back(owner.options_of(g).weight_decay());
+      }
     }
 
     ZerothOrderOptimizer& owner_;
@@ -801,10 +830,17 @@ class ZerothOrderOptimizer : public torch::optim::Optimizer {
                 "then change it if you mean to");
   }
 
+  friend struct detail::ReplayAccess;
+
   detail::ParamTable table_;
   std::vector<Signature> signature_;  ///< one per tensor of the full list, frozen ones included
   at::Tensor state_owner_;            ///< the tensor the global state is keyed under
   StepReport last_step_;
+  ParamState state_before_last_step_;
+  int64_t calls_ = 0;
+  /// False only while a trajectory replay rebuilds the state of steps before its range: the
+  /// method runs, the sweeps are counted but not applied.
+  bool apply_sweeps_ = true;
   LossReducer loss_reducer_;
 };
 

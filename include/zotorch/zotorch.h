@@ -7,5 +7,6 @@
 #include <zotorch/fzoo.h>
 #include <zotorch/mezo.h>
 #include <zotorch/noise.h>
+#include <zotorch/trajectory.h>
 #include <zotorch/version.h>
 #include <zotorch/zo_optimizer.h>
