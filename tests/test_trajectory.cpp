@@ -367,3 +367,33 @@ TEMPLATE_TEST_CASE("a run resumed from a checkpoint continues its log, and the j
   zotorch::replay(log.path, replayed);
   CHECK(bitwise_equal(replayed, p));
 }
+
+TEST_CASE("a log whose writer was killed inside its first record is started afresh by the next writer", "[trajectory]") {
+  TrajectoryTempFile log("first.ztraj");
+  auto p = trajectory_params(torch::kFloat, 4);
+  const auto start = snapshot(p);
+  std::string full;
+  {
+    zotorch::MeZO opt(p, zotorch::MeZOOptions(1e-3).eps(1e-2));
+    zotorch::TrajectoryWriter writer(log.path);
+    opt.step([&] { return trajectory_loss(p, torch::kFloat); });
+    writer.append(opt);
+    full = read_log_bytes(log.path);
+  }
+  for (size_t cut : {size_t{3}, size_t{8}, size_t{20}, size_t{60}}) {
+    INFO("cut after " << cut << " bytes");
+    for (size_t i = 0; i < p.size(); ++i) p[i].detach().copy_(start[i]);
+    write_log_bytes(log.path, full.substr(0, cut));
+    zotorch::MeZO opt(p, zotorch::MeZOOptions(1e-3).eps(1e-2));
+    zotorch::TrajectoryWriter writer(log.path);
+    for (int i = 0; i < 2; ++i) {
+      opt.step([&] { return trajectory_loss(p, torch::kFloat); });
+      writer.append(opt);
+    }
+    zotorch::TrajectoryReader reader(log.path);
+    CHECK(reader.steps().size() == 2);
+    auto replayed = snapshot(start);
+    zotorch::replay(log.path, replayed);
+    CHECK(bitwise_equal(replayed, p));
+  }
+}

@@ -348,6 +348,19 @@ inline std::string describe_tensor(const TrajectoryTensor& t) {
   return out.str();
 }
 
+/// True for an empty file, and for one that holds the start of a trajectory but not its complete
+/// begin record (the writer was killed during its first append): such a file records nothing.
+inline bool lacks_begin_record(const std::string& bytes) {
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t magic = std::min(bytes.size(), sizeof(kTrajectoryMagic));
+  if (std::memcmp(data, kTrajectoryMagic, magic) != 0) return false;
+  if (bytes.size() < kTrajectoryHeaderSize + 9) return true;
+  if (get_le(data + 6, 2) != kTrajectoryVersion) return false;
+  const uint64_t length = get_le(data + kTrajectoryHeaderSize, 4);
+  return length + 9 > bytes.size() - kTrajectoryHeaderSize ||
+         std::all_of(data + kTrajectoryHeaderSize, data + bytes.size(), [](unsigned char c) { return c == 0; });
+}
+
 }  // namespace detail
 
 /// Reads and verifies a trajectory file: every record's CRC-32, the order of the records, each
@@ -614,10 +627,13 @@ class TrajectoryWriter {
  public:
   /// `sync`: also fsync after every record (survives a host crash, not only a killed process).
   explicit TrajectoryWriter(const std::string& path, bool sync = false) : path_(path), sync_(sync) {
-    std::error_code error;
-    const bool exists = std::filesystem::exists(path, error);
-    if (exists && std::filesystem::file_size(path, error) > 0 && !error) {
-      existing_ = std::make_unique<TrajectoryReader>(path);  // throws on a damaged or foreign file
+    std::ifstream in(path, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (detail::lacks_begin_record(bytes)) {
+      // Killed while writing its first record: nothing was recorded, so it starts afresh.
+      restart_ = !bytes.empty();
+    } else {
+      existing_ = std::make_unique<TrajectoryReader>(TrajectoryReader::from_bytes(bytes, "'" + path + "'"));
     }
     file_ = std::fopen(path.c_str(), "ab");
     TORCH_CHECK(file_ != nullptr, "zotorch::TrajectoryWriter: cannot open '", path, "' for appending: ",
@@ -764,6 +780,7 @@ class TrajectoryWriter {
     const TrajectoryStart start = detail::start_of(opt.state_before_last_step());
     layout_ = layout;
     if (existing_ == nullptr) {
+      if (restart_) cut_to(0);
       detail::PayloadWriter b;
       b.text(Method::kName);
       b.u32(opt.param_groups().size());
@@ -823,16 +840,20 @@ class TrajectoryWriter {
         TORCH_WARN("zotorch::TrajectoryWriter: '", path_, "' continues at step ", resume, "; dropped ", dropped,
                    " record(s) of the run that went on past the checkpoint this run resumed from");
       }
-      std::fclose(file_);
-      file_ = nullptr;
-      std::error_code error;
-      std::filesystem::resize_file(path_, keep, error);
-      TORCH_CHECK(!error, "zotorch::TrajectoryWriter: cannot cut '", path_, "' back to ", keep, " bytes: ", error.message());
-      file_ = std::fopen(path_.c_str(), "ab");
-      TORCH_CHECK(file_ != nullptr, "zotorch::TrajectoryWriter: cannot reopen '", path_, "': ", detail::errno_text(errno));
+      cut_to(keep);
     }
     bytes_ = keep;
     existing_.reset();
+  }
+
+  void cut_to(uint64_t size) {
+    std::fclose(file_);
+    file_ = nullptr;
+    std::error_code error;
+    std::filesystem::resize_file(path_, size, error);
+    TORCH_CHECK(!error, "zotorch::TrajectoryWriter: cannot cut '", path_, "' back to ", size, " bytes: ", error.message());
+    file_ = std::fopen(path_.c_str(), "ab");
+    TORCH_CHECK(file_ != nullptr, "zotorch::TrajectoryWriter: cannot reopen '", path_, "': ", detail::errno_text(errno));
   }
 
   void write(const std::string& bytes) {
@@ -848,6 +869,7 @@ class TrajectoryWriter {
   bool sync_ = false;
   std::FILE* file_ = nullptr;
   std::unique_ptr<TrajectoryReader> existing_;
+  bool restart_ = false;
   std::vector<std::string> names_;
   const void* optimizer_ = nullptr;
   int64_t last_call_ = 0;
