@@ -22,6 +22,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -425,6 +426,8 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
     save_safetensors(path.string(), named, metadata);
   };
   std::unique_ptr<zotorch::TrajectoryWriter> trajectory;
+  double step_seconds = 0;  // in step() and append() this run, evaluations excluded: what replay is compared with
+  int64_t steps_timed = 0;
   if (!a.trajectory.empty()) {
     TORCH_CHECK(trainer.append_step, a.program, ": --trajectory records the steps of fzoo, mezo and adamezo; ",
                 a.optimizer, " has no trajectory. Drop --trajectory or choose a ZO --optimizer");
@@ -471,6 +474,7 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
       // A step that throws restored the parameters; its record keeps the log replayable, and a
       // run resumed from the last checkpoint continues the log from there.
       at::Tensor l;
+      const auto step_started = std::chrono::steady_clock::now();
       try {
         l = trainer.opt->step(loss_fn);
       } catch (...) {
@@ -478,6 +482,8 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
         throw;
       }
       trainer.append_step(*trajectory);
+      step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
+      ++steps_timed;
       loss = l.item<double>();
     } else {
       loss = trainer.opt->step(loss_fn).item<double>();
@@ -504,9 +510,13 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
 
   if (trajectory) {
     save_weights(out / "final.safetensors");
-    log("  trajectory " + a.trajectory + ": " + std::to_string(trajectory->bytes()) + " bytes for steps to " +
-        std::to_string(step) + "; replay it onto " + (out / "base.safetensors").string() + " to get " +
-        (out / "final.safetensors").string());
+    char line[160];
+    std::snprintf(line, sizeof line, "%lld steps this run in %.3f s of step() and append(), %.2f steps/s",
+                  static_cast<long long>(steps_timed), step_seconds,
+                  static_cast<double>(steps_timed) / std::max(step_seconds, 1e-9));
+    log("  trajectory " + a.trajectory + ": " + std::to_string(trajectory->bytes()) + " bytes, steps to " +
+        std::to_string(step) + "; " + line + ". Replaying it onto " + (out / "base.safetensors").string() +
+        " gives " + (out / "final.safetensors").string());
   }
 
   // ---- final evaluation with the best dev checkpoint -----------------------------------------

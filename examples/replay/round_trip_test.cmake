@@ -2,11 +2,14 @@
 # BERT and 24 sentences): finetune_classifier --trajectory trains a few steps of each ZO method and
 # writes base.safetensors and final.safetensors; replay applies the log to base.safetensors, and
 # its output must be final.safetensors byte for byte. The FZOO run is resumed once, so the log it
-# replays was continued by a second process. Also: --list shows every record, and a checkpoint
-# without the log's tensors or --optimizer adam is refused clearly.
-# Called with -DPROGRAM=<finetune_classifier> -DREPLAY=<replay> -DFIXTURES=tests/fixtures -DOUT=<scratch dir>.
+# replays was continued by a second process. finetune_lm (a random 2-layer Llama) does the same
+# with MeZO on LoRA adapters. Also: --list shows every record, and a checkpoint without the log's
+# tensors or --optimizer adam is refused clearly.
+# Called with -DPROGRAM=<finetune_classifier> -DLM_PROGRAM=<finetune_lm> -DREPLAY=<replay>
+# -DFIXTURES=tests/fixtures -DOUT=<scratch dir>.
 file(REMOVE_RECURSE "${OUT}")
 set(_data "${FIXTURES}/tiny_sentiment.tsv")
+set(_trainer "${PROGRAM}")
 set(_common --model "${FIXTURES}/tiny-bert" --train "${_data}" --dev "${_data}" --test "${_data}" --batch 8
             --threads 1 --quiet)
 
@@ -23,15 +26,15 @@ endfunction()
 function(round_trip name steps budget)
   set(dir "${OUT}/${name}")
   set(log "${dir}/run.ztraj")
-  run_checked("finetune_classifier ${name}" "${PROGRAM}" ${_common} --out "${dir}" --trajectory "${log}" ${ARGN}
+  run_checked("${name}" "${_trainer}" ${_common} --out "${dir}" --trajectory "${log}" ${ARGN}
               --budget-forward-passes ${budget})
   if(DEFINED RESUME_BUDGET)
-    run_checked("finetune_classifier ${name} --resume" "${PROGRAM}" ${_common} --out "${dir}" --trajectory "${log}"
+    run_checked("${name} --resume" "${_trainer}" ${_common} --out "${dir}" --trajectory "${log}"
                 ${ARGN} --budget-forward-passes ${RESUME_BUDGET} --resume)
   endif()
   foreach(f base.safetensors final.safetensors run.ztraj)
     if(NOT EXISTS "${dir}/${f}")
-      message(FATAL_ERROR "finetune_classifier --trajectory did not write ${dir}/${f}")
+      message(FATAL_ERROR "${_trainer} --trajectory did not write ${dir}/${f}")
     endif()
   endforeach()
   file(SHA256 "${dir}/base.safetensors" base_hash)
@@ -67,6 +70,14 @@ unset(RESUME_BUDGET)
 round_trip(mezo_lora 6 12 --optimizer mezo --mode lora --weight-decay 0.01 --eval-every 6)
 # AdaMeZO on the top layer and the head (the layer below frozen): 7 steps, past its window of 3.
 round_trip(adamezo 7 14 --optimizer adamezo --window 3 --mode full --train-layers 1 --eval-every 14)
+# finetune_lm, prompt-based classification, MeZO on LoRA adapters: 5 steps.
+set(_trainer "${LM_PROGRAM}")
+set(_common --model "${FIXTURES}/tiny-llama-bpe" --train "${_data}" --dev "${_data}" --test "${_data}" --batch 8
+            --threads 1 --quiet --label-words positive=good,negative=bad)
+round_trip(lm_mezo_lora 5 10 --optimizer mezo --mode lora --eval-every 10)
+set(_trainer "${PROGRAM}")
+set(_common --model "${FIXTURES}/tiny-bert" --train "${_data}" --dev "${_data}" --test "${_data}" --batch 8
+            --threads 1 --quiet)
 
 # A checkpoint without the log's tensors (the fixture's pretrained weights have no classifier) is refused.
 execute_process(COMMAND "${REPLAY}" "${OUT}/adamezo/run.ztraj" --base "${FIXTURES}/tiny-bert/model.safetensors"
