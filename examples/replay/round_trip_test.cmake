@@ -1,10 +1,10 @@
 # CTest round trip of a trajectory (docs/trajectory.md) on committed tiny assets (a random 2-layer
 # BERT and 24 sentences): finetune_classifier --trajectory trains a few steps of each ZO method and
 # writes base.safetensors and final.safetensors; replay applies the log to base.safetensors, and
-# its output must be final.safetensors byte for byte. The FZOO run is resumed once, so the log it
-# replays was continued by a second process. finetune_lm (a random 2-layer Llama) does the same
-# with MeZO on LoRA adapters. Also: --list shows every record, and a checkpoint without the log's
-# tensors or --optimizer adam is refused clearly.
+# its output must be final.safetensors byte for byte. The FZOO log is continued by two resumed
+# runs, the second from an older checkpoint than the log's end. finetune_lm (a random 2-layer
+# Llama) does the same with MeZO on LoRA adapters. Also: --list shows every record, and a
+# checkpoint without the log's tensors or --optimizer adam is refused clearly.
 # Called with -DPROGRAM=<finetune_classifier> -DLM_PROGRAM=<finetune_lm> -DREPLAY=<replay>
 # -DFIXTURES=tests/fixtures -DOUT=<scratch dir>.
 file(REMOVE_RECURSE "${OUT}")
@@ -29,8 +29,19 @@ function(round_trip name steps budget)
   run_checked("${name}" "${_trainer}" ${_common} --out "${dir}" --trajectory "${log}" ${ARGN}
               --budget-forward-passes ${budget})
   if(DEFINED RESUME_BUDGET)
+    execute_process(COMMAND "${CMAKE_COMMAND}" -E copy "${dir}/checkpoint.ckpt" "${dir}/first.ckpt")
     run_checked("${name} --resume" "${_trainer}" ${_common} --out "${dir}" --trajectory "${log}"
                 ${ARGN} --budget-forward-passes ${RESUME_BUDGET} --resume)
+  endif()
+  if(DEFINED REWIND_BUDGET)
+    # Back to the first run's checkpoint, as after a kill that lost the later ones: the log holds
+    # steps past it, which the resumed run repeats; the writer must cut them off.
+    execute_process(COMMAND "${CMAKE_COMMAND}" -E copy "${dir}/first.ckpt" "${dir}/checkpoint.ckpt")
+    run_checked("${name} --resume from the first checkpoint" "${_trainer}" ${_common} --out "${dir}"
+                --trajectory "${log}" ${ARGN} --budget-forward-passes ${REWIND_BUDGET} --resume)
+    if(NOT run_output MATCHES "dropped [1-9][0-9]* record")
+      message(FATAL_ERROR "${name}: resuming from an older checkpoint did not drop the log's later records:\n${run_output}")
+    endif()
   endif()
   foreach(f base.safetensors final.safetensors run.ztraj)
     if(NOT EXISTS "${dir}/${f}")
@@ -62,10 +73,13 @@ function(round_trip name steps budget)
   message("${name}: ${steps} steps replayed bit for bit (${final_hash})")
 endfunction()
 
-# FZOO (N = 4: 5 forward passes a step), full fine-tune: 4 steps, then resumed to 8.
+# FZOO (N = 4: 5 forward passes a step), full fine-tune: 4 steps, resumed to 8, then resumed again
+# from the checkpoint at step 4 to 10: the log holds steps 0-3 of the first run and 4-9 of the last.
 set(RESUME_BUDGET 40)
-round_trip(fzoo_resumed 8 20 --optimizer fzoo --mode full --num-perturbations 4 --eval-every 10)
+set(REWIND_BUDGET 50)
+round_trip(fzoo_resumed 10 20 --optimizer fzoo --mode full --num-perturbations 4 --eval-every 10)
 unset(RESUME_BUDGET)
+unset(REWIND_BUDGET)
 # MeZO on LoRA adapters with weight decay: 6 steps.
 round_trip(mezo_lora 6 12 --optimizer mezo --mode lora --weight-decay 0.01 --eval-every 6)
 # AdaMeZO on the top layer and the head (the layer below frozen): 7 steps, past its window of 3.
