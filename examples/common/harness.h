@@ -9,6 +9,7 @@
 #include "files.h"
 #include "safetensors.h"
 
+#include <zotorch/trajectory.h>
 #include <zotorch/zotorch.h>
 
 #include <torch/optim/adam.h>
@@ -21,6 +22,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -151,6 +153,8 @@ struct Trainer {
   bool backprop = false;
   int64_t adam_steps = 0;  ///< Adam has no forward-pass counter: steps × 3
   std::string note;        ///< how forward passes are counted, for the log and summary.json
+  /// Appends the optimizer's last step to a trajectory (docs/trajectory.md); empty for Adam.
+  std::function<void(zotorch::TrajectoryWriter&)> append_step;
 };
 
 inline Trainer make_trainer(const TrainerOptions& a, const std::vector<at::Tensor>& params) {
@@ -160,12 +164,14 @@ inline Trainer make_trainer(const TrainerOptions& a, const std::vector<at::Tenso
         params, zotorch::FZOOOptions(a.lr).eps(a.eps).num_perturbations(a.num_perturbations).weight_decay(a.weight_decay).seed(a.seed));
     auto* raw = o.get();
     t.forward_passes = [raw] { return raw->forward_passes(); };
+    t.append_step = [raw](zotorch::TrajectoryWriter& w) { w.append(*raw); };
     t.fp_per_step = a.num_perturbations + 1;
     t.opt = std::move(o);
   } else if (a.optimizer == "mezo") {
     auto o = std::make_unique<zotorch::MeZO>(params, zotorch::MeZOOptions(a.lr).eps(a.eps).weight_decay(a.weight_decay).seed(a.seed));
     auto* raw = o.get();
     t.forward_passes = [raw] { return raw->forward_passes(); };
+    t.append_step = [raw](zotorch::TrajectoryWriter& w) { w.append(*raw); };
     t.fp_per_step = 2;
     t.opt = std::move(o);
   } else if (a.optimizer == "adamezo") {
@@ -173,6 +179,7 @@ inline Trainer make_trainer(const TrainerOptions& a, const std::vector<at::Tenso
         params, zotorch::AdaMeZOOptions(a.lr).eps(a.eps).window(a.window).weight_decay(a.weight_decay).seed(a.seed));
     auto* raw = o.get();
     t.forward_passes = [raw] { return raw->forward_passes(); };
+    t.append_step = [raw](zotorch::TrajectoryWriter& w) { w.append(*raw); };
     t.fp_per_step = 2;
     t.opt = std::move(o);
   } else {
@@ -222,6 +229,8 @@ struct LoopOptions {
   std::string out;
   int64_t budget = 0, batch = 16, seed = 0, eval_every = -1;
   bool resume = false;
+  /// Record every step in this trajectory file (ZO methods); see run_training.
+  std::string trajectory;
   at::Device device = at::kCPU;
   std::map<std::string, std::string> metadata;  ///< extra trained.safetensors metadata
   std::function<double()> elapsed;              ///< seconds since the program started
@@ -229,7 +238,7 @@ struct LoopOptions {
 };
 
 /// The LoopOptions of a program whose command line `a` has the fields both programs share
-/// (optimizer, mode, out, budget, batch, seed, eval_every, resume, model, lora_rank, lora_alpha):
+/// (optimizer, mode, out, budget, batch, seed, eval_every, resume, trajectory, model, lora_rank, lora_alpha):
 /// the model, and with --mode lora the adapters' rank and alpha (the update is B·A·alpha/rank),
 /// go into trained.safetensors' metadata; the program adds its own keys afterwards.
 template <class Args>
@@ -245,6 +254,7 @@ LoopOptions loop_options(const Args& a, std::string program, at::Device device, 
   loop.seed = a.seed;
   loop.eval_every = a.eval_every;
   loop.resume = a.resume;
+  loop.trajectory = a.trajectory;
   loop.device = device;
   loop.metadata = {{"model", a.model}};
   if (a.mode == "lora") {
@@ -269,6 +279,11 @@ struct LoopResult {
 /// `eval_every` forward passes and keeping the best-on-dev tensors; then evaluates test on them.
 /// Writes metrics.csv, checkpoint.ckpt, trained.safetensors; summary.json is the program's to write
 /// (write_summary) after adding its keys to LoopResult::summary.
+///
+/// With LoopOptions::trajectory, every step() is appended to that log (docs/trajectory.md), and the
+/// trainable tensors are written as base.safetensors where the log begins and as final.safetensors
+/// after the last step: replaying the log onto base.safetensors (examples/replay) gives
+/// final.safetensors byte for byte. A run from scratch starts a new log; a resumed run continues it.
 inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer& trainer) {
   namespace fs = std::filesystem;
   auto& params = task.params;
@@ -285,11 +300,12 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
   fs::create_directories(a.out);
   const fs::path out(a.out), ckpt = out / "checkpoint.ckpt", metrics_path = out / "metrics.csv";
   const fs::path trained_path = out / "trained.safetensors";
-  int64_t step = 0, metric_rows = 0, best_fp = 0;
+  int64_t step = 0, metric_rows = 0, best_fp = 0, best_step = 0;
   const double nan = std::nan("");
   double best_dev = task.higher_is_better ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
   double prior_seconds = 0, initial_dev = nan, running_loss = nan;
   Evaluation test_before;
+  bool resumed = false;
   Sampler sampler(task.train_size, static_cast<size_t>(a.batch), static_cast<uint64_t>(a.seed) * 0x9E3779B97F4A7C15ull + 1);
   if (a.resume && fs::exists(ckpt)) {
     torch::serialize::InputArchive archive, tensors, optimizer_state;
@@ -325,6 +341,8 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
     metric_rows = s.at("metric_rows").get<int64_t>();
     best_dev = json_value<double>(s, "best_dev", nan);  // null when it was not finite
     best_fp = s.at("best_forward_passes").get<int64_t>();
+    best_step = json_value<int64_t>(s, "best_step", 0);
+    resumed = true;
     initial_dev = json_value<double>(s, "initial_dev", nan);
     prior_seconds = s.at("wall_seconds").get<double>();
     running_loss = json_value<double>(s, "running_loss", nan);
@@ -352,7 +370,8 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
                                                    {"optimizer", a.optimizer},
                                                    {"mode", a.mode},
                                                    {"dev_" + metric, std::to_string(best_dev)},
-                                                   {"forward_passes", std::to_string(best_fp)}};
+                                                   {"forward_passes", std::to_string(best_fp)},
+                                                   {"step", std::to_string(best_step)}};
     for (const auto& [k, v] : a.metadata) metadata[k] = v;
     save_safetensors(trained_path.string(), named, metadata);
   };
@@ -363,6 +382,7 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
     if (better(e.metric, best_dev) || std::isnan(best_dev)) {
       best_dev = e.metric;
       best_fp = fp;
+      best_step = step;
       save_best();
     }
     std::ofstream csv(metrics_path, std::ios::app);
@@ -376,6 +396,7 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
     Json s = {{"optimizer", a.optimizer},   {"mode", a.mode},          {"metric", metric},
               {"trainable_names", names},   {"step", step},            {"adam_steps", trainer.adam_steps},
               {"metric_rows", metric_rows}, {"best_dev", best_dev},    {"best_forward_passes", best_fp},
+              {"best_step", best_step},
               {"initial_dev", initial_dev}, {"wall_seconds", total_seconds()}, {"running_loss", running_loss},
               {"test_metric_before_training", test_before.metric}, {"test_loss_before_training", test_before.loss}};
     torch::serialize::OutputArchive archive, tensors, optimizer_state;
@@ -392,6 +413,34 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
     std::snprintf(b, sizeof b, "%.4f", v);
     return std::string(b);
   };
+
+  // ---- trajectory ----------------------------------------------------------------------------
+  // The trainable tensors under their names, tagged with the step they are at: base.safetensors
+  // and final.safetensors differ in their tensors and "step" only, as replay's output does.
+  auto save_weights = [&](const fs::path& path) {
+    NamedTensors named;
+    for (size_t i = 0; i < params.size(); ++i) named.emplace_back(names[i], params[i]);
+    std::map<std::string, std::string> metadata = {
+        {"format", "pt"}, {"optimizer", a.optimizer}, {"mode", a.mode}, {"step", std::to_string(step)}};
+    for (const auto& [k, v] : a.metadata) metadata[k] = v;
+    save_safetensors(path.string(), named, metadata);
+  };
+  std::unique_ptr<zotorch::TrajectoryWriter> trajectory;
+  double step_seconds = 0;  // in step() and append() this run, evaluations excluded: what replay is compared with
+  int64_t steps_timed = 0;
+  if (!a.trajectory.empty()) {
+    TORCH_CHECK(trainer.append_step, a.program, ": --trajectory records the steps of fzoo, mezo and adamezo; ",
+                a.optimizer, " has no trajectory. Drop --trajectory or choose a ZO --optimizer");
+    const fs::path log_path(a.trajectory);
+    // A run from scratch must not continue the log of an earlier one (its weights may differ).
+    if (!resumed) fs::remove(log_path);
+    if (log_path.has_parent_path()) fs::create_directories(log_path.parent_path());
+    std::error_code no_file;
+    if (!fs::exists(log_path) || fs::file_size(log_path, no_file) == 0) save_weights(out / "base.safetensors");
+    // Opening an existing log checks it; its first append cuts it back to the checkpoint's step.
+    trajectory = std::make_unique<zotorch::TrajectoryWriter>(log_path.string());
+    trajectory->names(names);
+  }
 
   // ---- training ------------------------------------------------------------------------------
   const int64_t eval_every = a.eval_every > 0 ? a.eval_every : std::max<int64_t>(trainer.fp_per_step, a.budget / 10);
@@ -421,6 +470,21 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
       trainer.opt->step();
       ++trainer.adam_steps;
       loss = l.item<double>();
+    } else if (trajectory) {
+      // A step that throws restored the parameters; its record keeps the log replayable, and a
+      // run resumed from the last checkpoint continues the log from there.
+      at::Tensor l;
+      const auto step_started = std::chrono::steady_clock::now();
+      try {
+        l = trainer.opt->step(loss_fn);
+      } catch (...) {
+        trainer.append_step(*trajectory);
+        throw;
+      }
+      trainer.append_step(*trajectory);
+      step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
+      ++steps_timed;
+      loss = l.item<double>();
     } else {
       loss = trainer.opt->step(loss_fn).item<double>();
     }
@@ -442,6 +506,17 @@ inline LoopResult run_training(const LoopOptions& a, TrainingTask& task, Trainer
                     format_seconds(static_cast<double>(a.budget - fp) / std::max(rate, 1e-9)).c_str());
       log(line);
     }
+  }
+
+  if (trajectory) {
+    save_weights(out / "final.safetensors");
+    char line[160];
+    std::snprintf(line, sizeof line, "%lld steps this run in %.3f s of step() and append(), %.2f steps/s",
+                  static_cast<long long>(steps_timed), step_seconds,
+                  static_cast<double>(steps_timed) / std::max(step_seconds, 1e-9));
+    log("  trajectory " + a.trajectory + ": " + std::to_string(trajectory->bytes()) + " bytes, steps to " +
+        std::to_string(step) + "; " + line + ". Replaying it onto " + (out / "base.safetensors").string() +
+        " gives " + (out / "final.safetensors").string());
   }
 
   // ---- final evaluation with the best dev checkpoint -----------------------------------------

@@ -46,6 +46,7 @@ struct Args {
   int64_t train_layers = -1, lora_rank = 8, max_length = 64, eval_every = -1, eval_batch = 64, threads = 0;
   double lora_alpha = 16, head_scale = 20;
   std::string pooling = "auto", normalize = "auto", head_init = "prompt", label_template = "{label}", label_words, cache_dir;
+  std::string trajectory;
   bool resume = false, quiet = false;
 };
 
@@ -79,6 +80,10 @@ Args parse_args(int argc, char** argv) {
   app.add_option("--device", a.device, "device")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--out", a.out, "output directory")->option_text("DIR");
   app.add_flag("--resume", a.resume, "continue from DIR/checkpoint.ckpt if it exists");
+  app.add_option("--trajectory", a.trajectory, "record every step in this file (fzoo, mezo, adamezo), and the "
+                 "trainable tensors as DIR/base.safetensors where it begins and DIR/final.safetensors after the "
+                 "last step; examples/replay turns base + log into final (docs/trajectory.md). --resume continues "
+                 "the log")->option_text("LOG");
   app.add_flag("--print-default-lr", print_default_lr,
                "print the default learning rate of --optimizer and --mode and exit (compare.sh asks this)");
   const std::string more = "More options";
@@ -108,6 +113,9 @@ Args parse_args(int argc, char** argv) {
   app.add_option("--threads", a.threads, "intra-op threads")->default_str("LibTorch's choice")->group(more);
   app.add_flag("--quiet", a.quiet, "print only the final result")->group(more);
   parse_or_exit(app, argc, argv);
+  if (!a.trajectory.empty() && a.optimizer == "adam") {
+    usage_error(app, "--trajectory records zeroth-order steps (fzoo, mezo, adamezo); --optimizer adam has none");
+  }
 
   if (print_default_lr) {
     std::cout << default_rates(a.optimizer, a.mode).lr << std::endl;

@@ -45,6 +45,7 @@ struct Args {
   int64_t budget = 1000, batch = 16, seed = 0, num_perturbations = 8, window = 10, threads = 0;
   int64_t lora_rank = 8, max_length = 64, eval_every = -1, eval_batch = 32, max_dev = 0, max_test = 0;
   double lr = -1, eps = -1, weight_decay = 0, lora_alpha = 16;
+  std::string trajectory;
   bool resume = false, quiet = false;
 };
 
@@ -102,8 +103,15 @@ Args parse_args(int argc, char** argv) {
   app.add_option("--max-dev-examples", a.max_dev, "use only the first N dev examples (0: all)")->check(non_negative())->group(more);
   app.add_option("--max-test-examples", a.max_test, "use only the first N test examples (0: all)")->check(non_negative())->group(more);
   app.add_flag("--resume", a.resume, "continue from DIR/checkpoint.ckpt if it exists")->group(more);
+  app.add_option("--trajectory", a.trajectory, "record every step in this file (fzoo, mezo, adamezo), and the "
+                 "trainable tensors as DIR/base.safetensors where it begins and DIR/final.safetensors after the "
+                 "last step; examples/replay turns base + log into final (docs/trajectory.md). --resume continues "
+                 "the log")->option_text("LOG");
   app.add_flag("--quiet", a.quiet, "print only the final result")->group(more);
   parse_or_exit(app, argc, argv);
+  if (!a.trajectory.empty() && a.optimizer == "adam") {
+    usage_error(app, "--trajectory records zeroth-order steps (fzoo, mezo, adamezo); --optimizer adam has none");
+  }
 
   if (print_default_lr) {
     std::cout << default_lm_rates(a.optimizer, a.mode).lr << std::endl;
