@@ -187,7 +187,8 @@ do_test() {
   done
   check_skips "$skips" || status=1
   cat "$skips" >>"$ctest_log" && rm -f "$skips"
-  # The CUDA tests once more, alone, with their durations, and the g++-compiled tests on CUDA tensors.
+  # The CUDA tests once more, alone, with their durations, and the g++-compiled tests on CUDA tensors
+  # (every case tagged [cuda], tests/cuda/test_trajectory_cuda.cpp among them).
   local tests="$build/tests/zotorch_cuda_tests"
   if [[ -x "$tests" ]]; then
     "$tests" --durations yes --warn NoAssertions >>"$cuda_log" 2>&1 || status=1
@@ -247,7 +248,8 @@ do_sanitize() {
     done
   done
   # The g++-compiled tests that step optimizers on CUDA tensors (docs/reliability.md): full steps,
-  # and steps aborted at every forward pass and restored.
+  # steps aborted at every forward pass and restored, and a trajectory replayed on CUDA and the CPU
+  # (tests/cuda/test_trajectory_cuda.cpp). All are tagged [cuda].
   for tool in memcheck racecheck; do
     echo "## compute-sanitizer --tool $tool: zotorch_tests [cuda]" >>"$sanitizer_log"
     if [[ $tool == memcheck ]]; then

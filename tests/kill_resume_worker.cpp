@@ -1,11 +1,14 @@
 // The training job of the kill test (tests/kill_resume_test.py, docs/reliability.md): a small MLP
-// trained by FZOO on fixed data, checkpointed with zotorch::save_checkpoint every few steps. Run
-// with --resume it continues from the latest checkpoint. It prints "start <step>" first, "saved
-// <step>" after every completed save, and at the end a hash of the bits of every parameter, which
-// must not depend on how often the job was killed on the way.
+// trained by FZOO on fixed data, checkpointed with zotorch::save_checkpoint every few steps and
+// logged step by step with zotorch::TrajectoryWriter (DIR/trajectory.ztraj). Run with --resume it
+// continues from the latest checkpoint and continues the log. It prints "start <step>" first,
+// "saved <step>" after every completed save, and at the end a hash of the bits of every parameter,
+// which must not depend on how often the job was killed on the way. With --replay it trains
+// nothing: it replays DIR/trajectory.ztraj onto the initial parameters and prints their hash.
 //
-//   kill_resume_worker --dir DIR [--steps N] [--every K] [--width W] [--resume]
+//   kill_resume_worker --dir DIR [--steps N] [--every K] [--width W] [--resume | --replay]
 #include <zotorch/checkpoint.h>
+#include <zotorch/trajectory.h>
 #include <zotorch/zotorch.h>
 
 #include <torch/torch.h>
@@ -15,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <string>
 
 namespace {
@@ -25,6 +29,7 @@ struct Args {
   int64_t every = 3;
   int64_t width = 256;
   bool resume = false;
+  bool replay = false;
 };
 
 Args parse(int argc, char** argv) {
@@ -48,8 +53,11 @@ Args parse(int argc, char** argv) {
       args.width = std::stoll(value());
     } else if (a == "--resume") {
       args.resume = true;
+    } else if (a == "--replay") {
+      args.replay = true;
     } else {
-      std::fprintf(stderr, "usage: kill_resume_worker --dir DIR [--steps N] [--every K] [--width W] [--resume]\n");
+      std::fprintf(stderr,
+                   "usage: kill_resume_worker --dir DIR [--steps N] [--every K] [--width W] [--resume | --replay]\n");
       std::exit(2);
     }
   }
@@ -88,11 +96,29 @@ int main(int argc, char** argv) {
   const auto labels = x.mm(torch::randn({32, 4}, gen)).argmax(1);
   zotorch::FZOO opt(model->parameters(), zotorch::FZOOOptions(5e-3).eps(1e-3).num_perturbations(4).seed(7));
 
+  const std::string log_path = (std::filesystem::path(args.dir) / "trajectory.ztraj").string();
+  if (args.replay) {
+    // The model still holds its initial values: the log's steps alone must turn them into the
+    // trained parameters (docs/trajectory.md "Exactness").
+    const zotorch::TrajectoryReader log(log_path);
+    zotorch::replay(log, model->parameters(), std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max());
+    int64_t aborted = 0;
+    for (const auto& r : log.steps()) aborted += r.aborted ? 1 : 0;
+    std::printf("replayed steps %" PRId64 " records %zu aborted %" PRId64 " truncated %d bytes %" PRIu64 " hash %016" PRIx64
+                "\n",
+                log.next_step(), log.steps().size(), aborted, log.truncated() ? 1 : 0, log.file_bytes(),
+                parameter_hash(*model));
+    return 0;
+  }
+
   const std::string path = (std::filesystem::path(args.dir) / "latest.ckpt").string();
   if (args.resume && std::filesystem::exists(path)) {
     // A checkpoint that does not load is a failure of the test, never a reason to start over.
     zotorch::load_checkpoint(*model, opt, path);
   }
+  // Opened after the checkpoint is loaded: its first append cuts the log back to the step the
+  // optimizer resumes from (steps after the checkpoint, and a record cut off by the kill, go).
+  zotorch::TrajectoryWriter log(log_path);
   std::printf("start %" PRId64 "\n", opt.steps());
   std::fflush(stdout);
 
@@ -101,6 +127,8 @@ int main(int argc, char** argv) {
     const auto xb = x.index_select(0, rows);
     const auto yb = labels.index_select(0, rows);
     opt.step([&] { return torch::nn::functional::cross_entropy(model->forward(xb), yb); });
+    // Before the save: a checkpoint at step s + 1 needs the log to hold step s to be joined.
+    log.append(opt);
     if ((s + 1) % args.every == 0 || s + 1 == args.steps) {
       zotorch::save_checkpoint(*model, opt, path);
       // Printed once save_checkpoint has returned (renamed into place, directory synced): the test

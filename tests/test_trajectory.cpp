@@ -397,3 +397,75 @@ TEST_CASE("a log whose writer was killed inside its first record is started afre
     CHECK(bitwise_equal(replayed, p));
   }
 }
+
+TEST_CASE("a trajectory whose last record reads as zeros from a byte inside it on reads as cut off there, and a "
+          "writer continues it",
+          "[trajectory]") {
+  // What a host crash can leave (docs/reliability.md "Trajectories"): the file keeps its size, the
+  // end of the last record's data is lost and reads as zero bytes.
+  TrajectoryTempFile log("zeros.ztraj");
+  auto p = trajectory_params(torch::kFloat, 12);
+  const auto start = snapshot(p);
+  zotorch::FZOO opt(p, zotorch::FZOOOptions(1e-2).eps(1e-2).num_perturbations(3));
+  std::vector<std::vector<torch::Tensor>> after;
+  {
+    zotorch::TrajectoryWriter writer(log.path);
+    for (int i = 0; i < 5; ++i) {
+      opt.step([&] { return trajectory_loss(p, torch::kFloat); });
+      writer.append(opt);
+      after.push_back(snapshot(p));
+    }
+  }
+  const std::string good = read_log_bytes(log.path);
+  const uint64_t last = zotorch::TrajectoryReader(log.path).step_ends()[3];  // the end of step 3's record
+  for (const uint64_t keep : {last + 1, last + 5, last + 9, static_cast<uint64_t>(good.size()) - 1}) {
+    INFO("zeros from byte " << keep << " of " << good.size());
+    std::string torn = good.substr(0, keep) + std::string(good.size() - keep, '\0');
+    zotorch::TrajectoryReader reader = zotorch::TrajectoryReader::from_bytes(torn);
+    CHECK(reader.truncated());
+    CHECK(reader.valid_bytes() == last);
+    CHECK(reader.steps().size() == 4);
+    // A flipped byte of its type, payload or CRC-32 is still refused when the file does not end in
+    // a zero byte. (A flipped length that points past the end reads as cut off.)
+    std::string flipped = good;
+    flipped[keep] = static_cast<char>(flipped[keep] ^ 0x01);
+    if (keep >= last + 4 && flipped.back() != '\0') CHECK_THROWS_WITH(zotorch::TrajectoryReader::from_bytes(flipped), Catch::Contains("corrupted"));
+  }
+  // Written back as a file, the torn log replays its complete steps and a resumed run continues it.
+  write_log_bytes(log.path, good.substr(0, last + 5) + std::string(good.size() - last - 5, '\0'));
+  auto replayed = snapshot(start);
+  zotorch::replay(log.path, replayed);
+  CHECK(bitwise_equal(replayed, after[3]));
+  {
+    // The optimizer went on to step 5; the log ends at step 3: a writer cannot join it ...
+    zotorch::TrajectoryWriter writer(log.path);
+    opt.step([&] { return trajectory_loss(p, torch::kFloat); });
+    CHECK_THROWS_WITH(writer.append(opt), Catch::Contains("cannot join"));
+  }
+  // ... but a run resumed at step 4 (from the parameters after step 3) can.
+  auto q = snapshot(after[3]);
+  for (auto& t : q) t.requires_grad_(true);
+  zotorch::FZOO resumed(q, zotorch::FZOOOptions(1e-2).eps(1e-2).num_perturbations(3));
+  {
+    auto r = snapshot(start);
+    for (auto& t : r) t.requires_grad_(true);
+    zotorch::FZOO reference(r, zotorch::FZOOOptions(1e-2).eps(1e-2).num_perturbations(3));
+    for (int i = 0; i < 4; ++i) reference.step([&] { return trajectory_loss(r, torch::kFloat); });
+    torch::serialize::OutputArchive archive;
+    reference.save(archive);
+    torch::serialize::InputArchive in;
+    zotorch::load_checkpoint_bytes(in, zotorch::checkpoint_bytes(archive));
+    resumed.load(in);
+  }
+  {
+    zotorch::TrajectoryWriter writer(log.path);
+    resumed.step([&] { return trajectory_loss(q, torch::kFloat); });
+    writer.append(resumed);
+  }
+  zotorch::TrajectoryReader joined(log.path);
+  CHECK_FALSE(joined.truncated());
+  CHECK(joined.next_step() == 5);
+  auto again = snapshot(start);
+  zotorch::replay(log.path, again);
+  CHECK(bitwise_equal(again, q));
+}

@@ -425,6 +425,8 @@ class TrajectoryReader {
     valid_bytes_ = at;
     int64_t expected_step = 0;
     std::vector<double> lr, weight_decay;
+    size_t zero_tail = bytes.size();  // where the file's final run of zero bytes begins
+    while (zero_tail > at && data[zero_tail - 1] == 0) --zero_tail;
     for (size_t index = 0; at < bytes.size(); ++index) {
       const size_t left = bytes.size() - at;
       // A tail of zero bytes is what a file system leaves when the host died before the data
@@ -446,6 +448,12 @@ class TrajectoryReader {
       uint32_t crc = detail::crc32_update(0, data + at + 4, 1);
       crc = detail::crc32_update(crc, payload, static_cast<size_t>(length));
       const auto stored = static_cast<uint32_t>(detail::get_le(payload + length, 4));
+      // The same crash inside a record: the file ends in zeros from a byte of this record on (the
+      // file system kept the file's size, not all of its data), so its CRC-32 cannot match.
+      if (crc != stored && zero_tail < at + 9 + length) {
+        truncated_ = true;
+        break;
+      }
       TORCH_CHECK(crc == stored, "zotorch::TrajectoryReader: ", where, " is corrupted: its CRC-32 is ", crc,
                   ", the record says ", stored, ". Nothing was replayed; use an intact copy of the log");
       detail::PayloadReader in{payload, static_cast<size_t>(length), 0, where};

@@ -1,10 +1,16 @@
-// libFuzzer target for loading checkpoints (docs/reliability.md "Fuzzing"): every input is read as
-// a raw torch::save archive and as a zotorch checkpoint file into fresh FZOO, MeZO and AdaMeZO
-// optimizers and a model; a load either succeeds or throws, and a throw must leave all unchanged.
+// libFuzzer target for loading checkpoints and trajectories (docs/reliability.md "Fuzzing"): every
+// input is read as a raw torch::save archive and as a zotorch checkpoint file into fresh FZOO, MeZO
+// and AdaMeZO optimizers and a model; a load either succeeds or throws, and a throw must leave all
+// unchanged. Every input is also parsed as a trajectory (zotorch::TrajectoryReader::from_bytes), as
+// it is and with its records' CRC-32s recomputed, and, when it parses and its model is small,
+// replayed onto parameters of its layout: both either succeed or throw c10::Error, and a replay
+// refused before its first step leaves them unchanged.
 //
 // Built with clang++ -fsanitize=fuzzer,address (tests/fuzz/CMakeLists.txt). With the environment
-// variable ZOTORCH_FUZZ_SEEDS=DIR it writes its seed corpus (real checkpoints) to DIR and exits.
+// variable ZOTORCH_FUZZ_SEEDS=DIR it writes its seed corpus (real checkpoints and trajectories) to
+// DIR and exits.
 #include <zotorch/checkpoint.h>
+#include <zotorch/trajectory.h>
 #include <zotorch/zotorch.h>
 
 #include <torch/nn/modules/container/sequential.h>
@@ -14,7 +20,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <limits>
 #include <new>
 #include <sstream>
 #include <string>
@@ -145,6 +153,176 @@ void load_everything(torch::serialize::InputArchive& archive) {
   load_model_into(archive);
 }
 
+// A replay's cost is its parameters' elements times the directions each step sweeps; these caps
+// keep one input to milliseconds (the parse itself is linear in the input and always runs).
+constexpr int64_t kReplayMaxElements = 4096;
+constexpr size_t kReplayMaxTensors = 64;
+constexpr size_t kReplayMaxRecords = 64;
+constexpr int64_t kReplayMaxWork = int64_t{1} << 19;  // elements x directions, summed over the records
+
+/// Elements of the parameters a log was recorded over, or -1 above kReplayMaxElements (a fuzzed
+/// layout can claim sizes whose product overflows int64).
+int64_t layout_elements(const zotorch::TrajectoryReader& log) {
+  int64_t total = 0;
+  for (const auto& t : log.tensors()) {
+    int64_t numel = 1;
+    for (int64_t size : t.sizes) {
+      if (size == 0) numel = 0;
+      if (numel != 0 && size > kReplayMaxElements / numel) return -1;
+      numel *= size;
+    }
+    total += numel;
+    if (total > kReplayMaxElements) return -1;
+  }
+  return total;
+}
+
+/// Whether replaying `log` stays cheap: few tensors, elements and records, bounded work.
+bool small_enough_to_replay(const zotorch::TrajectoryReader& log) {
+  if (log.tensors().size() > kReplayMaxTensors || log.steps().size() > kReplayMaxRecords) return false;
+  const int64_t elements = layout_elements(log);
+  if (elements < 0) return false;
+  int64_t work = 0;
+  for (const auto& r : log.steps()) {
+    int64_t directions = r.forward_passes + 2;
+    for (const auto& o : log.configs()[r.config].options) {
+      // AdaMeZO's update sweeps its window; FZOO's and MeZO's their probes (forward passes).
+      if (o.name == "window" && o.is_integer && o.integer > 0 && o.integer <= zotorch::detail::kMaxTerms) directions += o.integer;
+    }
+    work += directions * std::max<int64_t>(elements, 1);
+  }
+  return work <= kReplayMaxWork;
+}
+
+/// Parameters of the log's layout with fixed, off-grid values (each rounds when perturbed).
+std::vector<at::Tensor> params_for(const zotorch::TrajectoryReader& log) {
+  std::vector<at::Tensor> params;
+  for (size_t i = 0; i < log.tensors().size(); ++i) {
+    const auto& t = log.tensors()[i];
+    at::Tensor values = at::empty(t.sizes, at::TensorOptions().dtype(at::kFloat));
+    values.view(-1).copy_(at::linspace(-0.7 + 0.01 * static_cast<double>(i), 0.9, values.numel()));
+    params.push_back(values.to(t.dtype));
+  }
+  return params;
+}
+
+std::string bits_of(const std::vector<at::Tensor>& params) {
+  std::string bytes;
+  for (const auto& p : params) {
+    const at::Tensor c = p.contiguous();
+    bytes.append(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel() * c.element_size()));
+  }
+  return bytes;
+}
+
+/// ZOTORCH_FUZZ_VERBOSE=1: say how far each trajectory got (to check that the seeds replay).
+bool verbose() {
+  static const bool on = std::getenv("ZOTORCH_FUZZ_VERBOSE") != nullptr;
+  return on;
+}
+
+void say(const char* what, const char* detail = "") {
+  if (verbose()) std::fprintf(stderr, "trajectory: %s%s\n", what, detail);
+}
+
+/// The bytes with every complete record's CRC-32 recomputed: a mutated payload then reaches the
+/// record parsers and replay instead of stopping at the checksum.
+std::string with_valid_crcs(std::string bytes) {
+  auto* data = reinterpret_cast<unsigned char*>(bytes.data());
+  size_t at = 8;  // the header: magic and version
+  while (at + 9 <= bytes.size()) {
+    const uint64_t length = zotorch::detail::get_le(data + at, 4);
+    if (length > bytes.size() - at - 9) break;
+    uint32_t crc = zotorch::detail::crc32_update(0, data + at + 4, 1);
+    crc = zotorch::detail::crc32_update(crc, data + at + 5, static_cast<size_t>(length));
+    zotorch::detail::put_le(data + at + 5 + length, crc, 4);
+    at += 9 + static_cast<size_t>(length);
+  }
+  return bytes;
+}
+
+/// The bytes as a trajectory: parse, and replay what parses onto small parameters of its layout.
+void replay_trajectory(const std::string& bytes) {
+  std::unique_ptr<zotorch::TrajectoryReader> log;
+  try {
+    log = std::make_unique<zotorch::TrajectoryReader>(zotorch::TrajectoryReader::from_bytes(bytes, "the fuzz input"));
+  } catch (const c10::Error& e) {
+    if (bytes.compare(0, 6, "ZOTRAJ") == 0) say("refused: ", e.what_without_backtrace());
+    return;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "TrajectoryReader::from_bytes threw %s\n", e.what());
+    finding("parsing a trajectory threw something other than c10::Error");
+  }
+  if (!small_enough_to_replay(*log)) {
+    say("parsed, too large to replay");
+    return;
+  }
+  auto params = params_for(*log);
+  const std::string before = bits_of(params);
+  // Steps up to start().step - 1: none. This runs every check replay() makes before its first
+  // sweep (layout, recorded options, building the optimizer and its start state) and nothing else.
+  constexpr int64_t kFirst = std::numeric_limits<int64_t>::min();
+  try {
+    zotorch::replay(*log, params, kFirst, log->start().step - 1);
+  } catch (const c10::Error& e) {
+    say("replay refused: ", e.what_without_backtrace());
+    if (bits_of(params) != before) finding("a trajectory refused before its first step changed the parameters");
+    return;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "replay threw %s\n", e.what());
+    finding("replaying a trajectory threw something other than c10::Error");
+  }
+  if (bits_of(params) != before) finding("replaying no step of a trajectory changed the parameters");
+  try {
+    zotorch::replay(*log, params, kFirst, std::numeric_limits<int64_t>::max());
+    say("replayed");
+  } catch (const c10::Error& e) {
+    // A step replayed differently from its record (a mutated loss or flag): refused mid-way.
+    say("replay stopped: ", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "replay threw %s\n", e.what());
+    finding("replaying a trajectory threw something other than c10::Error");
+  }
+}
+
+/// A logged run for the seed corpus: steps of fixed_params() with a NaN loss at step 2 (skipped),
+/// a closure that throws at step 3 (aborted, then retried), tensor 2 frozen until step 4 and lr
+/// halved from step 5 on.
+template <class Optimizer, class Options>
+void write_trajectory(const std::string& path, const Options& options, at::ScalarType dtype, int steps) {
+  std::vector<at::Tensor> params = fixed_params();
+  for (auto& p : params) p = p.detach().to(dtype).requires_grad_(true);
+  params[2].requires_grad_(false);
+  Optimizer opt(params, options);
+  zotorch::TrajectoryWriter writer(path);
+  bool failed_once = false;
+  while (opt.steps() < steps) {
+    const int64_t step = opt.steps();
+    int calls = 0;
+    auto closure = [&]() -> at::Tensor {
+      ++calls;
+      if (step == 2 && calls == 2) return at::full({}, std::numeric_limits<double>::quiet_NaN(), at::kDouble);
+      if (step == 3 && calls == 2 && !failed_once) {
+        failed_once = true;
+        throw std::runtime_error("closure failed");
+      }
+      return quadratic(params).to(at::kFloat);
+    };
+    try {
+      opt.step(closure);
+    } catch (const std::exception&) {
+    }
+    writer.append(opt);
+    if (opt.steps() == 4) params[2].requires_grad_(true);
+    if (opt.steps() == 5) {
+      for (auto& group : opt.param_groups()) {
+        auto& o = static_cast<Options&>(group.options());
+        o.lr(o.lr() * 0.5);
+      }
+    }
+  }
+}
+
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -192,7 +370,15 @@ void write_seeds(const std::string& dir) {
   archive.write("model", model_archive);
   archive.write("optimizer", optimizer_archive);
   emit("model_fzoo", archive);
-  std::printf("wrote %d seed checkpoints to %s\n", count, dir.c_str());
+  // Trajectories: every method in float32, and bfloat16 logs (stochastic rounding) of FZOO and of
+  // Rademacher MeZO.
+  write_trajectory<zotorch::FZOO>(dir + "/fzoo.ztraj", fzoo_options(), at::kFloat, 7);
+  write_trajectory<zotorch::MeZO>(dir + "/mezo.ztraj", mezo_options(), at::kFloat, 7);
+  write_trajectory<zotorch::AdaMeZO>(dir + "/adamezo.ztraj", adamezo_options(), at::kFloat, 7);
+  write_trajectory<zotorch::FZOO>(dir + "/fzoo_bf16.ztraj", fzoo_options(), at::kBFloat16, 6);
+  write_trajectory<zotorch::MeZO>(dir + "/mezo_rademacher_bf16.ztraj",
+                                  mezo_options().distribution(zotorch::Distribution::Rademacher), at::kBFloat16, 6);
+  std::printf("wrote %d seed checkpoints and 5 seed trajectories to %s\n", count, dir.c_str());
 }
 
 }  // namespace
@@ -232,6 +418,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       parsed = false;
     }
     if (parsed) load_everything(archive);
+  }
+  // 3. The bytes as a trajectory, as they are and with their checksums made to match.
+  replay_trajectory(bytes);
+  if (bytes.size() > 8 && bytes.compare(0, 6, "ZOTRAJ") == 0) {
+    const std::string fixed = with_valid_crcs(bytes);
+    if (fixed != bytes) replay_trajectory(fixed);
   }
   return 0;
 }

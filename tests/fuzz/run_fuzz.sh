@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ctest's fuzz_checkpoint (docs/reliability.md "Fuzzing"): writes the seed corpus (real checkpoints
-# of every optimizer), replays it and every saved finding once, fuzzes for SECONDS, and prints the
-# executions, new inputs and findings. Fails on any crash, hang (> 10 s per input) or OOM.
+# and trajectories of every optimizer), replays it and every saved finding once, fuzzes for SECONDS,
+# and prints the executions, new inputs and findings. Fails on any crash, hang (> 10 s per input) or OOM.
 #
 #   run_fuzz.sh FUZZER WORKDIR SECONDS FINDINGS_DIR
 set -euo pipefail
@@ -41,4 +41,4 @@ if [ "$status" -ne 0 ] || [ "$artifacts" -ne 0 ]; then
   echo "FAIL: exit $status, $artifacts crashing inputs in $work/artifacts (copy them to tests/fuzz/findings/)"
   exit 1
 fi
-echo "PASS: no crash, no hang, and every refused load left the optimizers and the model unchanged"
+echo "PASS: no crash, no hang, every refused load left the optimizers and the model unchanged, and every refused trajectory replay the parameters"
