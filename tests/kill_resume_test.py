@@ -2,13 +2,17 @@
 """Kill test (docs/reliability.md): SIGKILL a training job again and again, half of the time at a
 random moment and half of the time while it is writing a checkpoint, resume it each time, and
 require the final parameters to be bit-identical to those of a run that was never interrupted.
+The job also logs its steps (zotorch::TrajectoryWriter), continuing the log on every resume; after
+some kills the test tears the log's last record as a crash mid-write would (see tear_log), and at
+the end the joined log, replayed onto the initial parameters, must give the final parameters.
 
     kill_resume_test.py WORKER [--kills N] [--steps N] [--every K] [--seed S] [--workdir DIR]
 
 The worker prints "saved <step>" after each save has returned. Fails when a resume cannot load the
-latest checkpoint, when a resume does not start from the latest save completed before the kill (or
-the one after it, see resume_starts), when no kill landed inside a save, or when the final hash
-differs. Python stdlib only.
+latest checkpoint or continue the log, when a resume does not start from the latest save completed
+before the kill (or the one after it, see resume_starts), when no kill landed inside a save or no
+log was torn, when the final hash differs, or when the replayed log's hash differs. Python stdlib
+only.
 """
 import argparse
 import glob
@@ -16,11 +20,14 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+LOG_NAME = "trajectory.ztraj"
 
 
 def run_to_end(cmd):
@@ -75,6 +82,55 @@ class Worker:
         return saved[-1] if saved else default
 
 
+def log_records(data):
+    """(start, end, type, step) of each complete record of a trajectory (docs/trajectory.md "File
+    format": an 8-byte header, then u32 payload length, u8 type, payload, u32 CRC-32); step is the
+    first field of a step record's payload, None for other records."""
+    records, at = [], 8
+    while at + 9 <= len(data):
+        (length,) = struct.unpack_from("<I", data, at)
+        end = at + 9 + length
+        if end > len(data):
+            break
+        kind = chr(data[at + 4])
+        step = struct.unpack_from("<Q", data, at + 5)[0] if kind == "S" and length >= 8 else None
+        records.append((at, end, kind, step))
+        at = end
+    return records
+
+
+def tear_log(directory, allowed, rng, zeros):
+    """Cuts the log's last step record at a random byte inside it, as a crash in the middle of its
+    write would; with zeros, the file keeps its size and the lost bytes read as zeros, which is what
+    a file system can leave when the host dies before the data reaches the disk. Only when the
+    resume does not need that record: a resume from checkpoint c needs the records up to step
+    c - 1, and the checkpoint on disk is at min(allowed), or at max(allowed) once the step before
+    it was logged; in that one ambiguous case, a log modified after the checkpoint file was written
+    holds the steps after the checkpoint's. Returns whether it tore the log."""
+    path = os.path.join(directory, LOG_NAME)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        log_mtime = os.stat(path).st_mtime_ns
+        checkpoint_mtime = os.stat(os.path.join(directory, "latest.ckpt")).st_mtime_ns
+    except FileNotFoundError:
+        return False
+    records = log_records(data)
+    if not records or records[-1][2] != "S" or records[-1][1] != len(data):
+        return False
+    start, end, _, step = records[-1]
+    low, high = min(allowed), max(allowed)
+    if step < low or (step == high - 1 and not checkpoint_mtime < log_mtime):
+        return False
+    cut = rng.randrange(start + 1, end)
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+        if zeros:
+            f.seek(cut)
+            f.write(bytes(end - cut))
+    return True
+
+
 def temp_files(directory):
     return set(glob.glob(os.path.join(directory, ".latest.ckpt.tmp.*")))
 
@@ -103,7 +159,7 @@ def main():
     reference = run_to_end(base + ["--dir", straight_dir])
     straight_seconds = time.monotonic() - t0
 
-    kills = in_save = unreported = 0
+    kills = in_save = unreported = torn = 0
     allowed = {0}  # where the next resume may start (resume_starts)
     resumes = []
     finished = None
@@ -154,23 +210,47 @@ def main():
         # the rename, i.e. inside a checkpoint write. The next resume must not even notice it.
         if any(f".tmp.{proc.pid}." in f for f in temp_files(killed_dir) - before):
             in_save += 1
+        # After a kill at a random moment, when the log allows it: its last record torn, as a crash
+        # mid-write leaves it. The next resume's writer must cut it off and continue the log. (The
+        # kills inside a checkpoint write leave the log as the kill left it.)
+        if kills % 2 == 1 and tear_log(killed_dir, allowed, rng, zeros=torn % 2 == 1):
+            torn += 1
+
+    # The joined log, replayed onto the initial parameters, must reproduce the final ones.
+    t0 = time.monotonic()
+    replayed = subprocess.run(base + ["--dir", killed_dir, "--replay"], capture_output=True, text=True, timeout=300)
+    replay_seconds = time.monotonic() - t0
+    replay_line = [line for line in replayed.stdout.splitlines() if line.startswith("replayed ")]
+    if replayed.returncode != 0 or not replay_line:
+        sys.exit(f"FAIL: replaying the joined log exited with {replayed.returncode}:\n{replayed.stdout}{replayed.stderr}")
+    replay_line = replay_line[0]
+    fields = replay_line.split()
+    replay_steps, replay_truncated = int(fields[fields.index("steps") + 1]), fields[fields.index("truncated") + 1]
 
     elapsed = time.monotonic() - started
     same = finished.split("hash ")[-1] == reference.split("hash ")[-1]
-    print(f"kill_resume: {kills} SIGKILLs ({in_save} inside a checkpoint write, temp file left behind), "
+    same_replay = replay_line.split("hash ")[-1] == finished.split("hash ")[-1]
+    print(f"kill_resume: {kills} SIGKILLs ({in_save} inside a checkpoint write, temp file left behind; "
+          f"{torn} followed by a torn log record), "
           f"{args.steps} steps, checkpoint every {args.every}, resumed from steps {resumes} "
           f"(each the last save reported before the kill or, {unreported} times, the save after it); "
-          f"uninterrupted run {straight_seconds:.1f} s; "
+          f"uninterrupted run {straight_seconds:.1f} s; replay of the joined log {replay_seconds:.1f} s; "
           f"seed {seed}; total {elapsed:.1f} s")
     print(f"  uninterrupted: {reference}")
     print(f"  killed {kills}x : {finished}")
+    print(f"  joined log   : {replay_line}")
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
     if not same:
         sys.exit("FAIL: the resumed run's parameters differ from the uninterrupted run's")
     if kills > 0 and in_save == 0:
         sys.exit("FAIL: no kill landed inside a checkpoint write; the test did not exercise atomic saves")
-    print("PASS: every resume started from the latest completed save; bit-identical parameters after every kill and resume")
+    if not same_replay or replay_steps != args.steps or replay_truncated != "0":
+        sys.exit(f"FAIL: the joined log replays to other parameters or steps than the run's ({replay_line})")
+    if kills >= 8 and torn == 0:
+        sys.exit("FAIL: no log was torn after a kill; the test did not exercise a record cut off mid-write")
+    print("PASS: every resume started from the latest completed save; bit-identical parameters after every kill and resume; "
+          "the joined log replays to them bit for bit")
 
 
 if __name__ == "__main__":
