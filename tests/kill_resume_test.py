@@ -83,9 +83,9 @@ class Worker:
 
 
 def log_records(data):
-    """(start, end, type, step) of each complete record of a trajectory (docs/trajectory.md "File
-    format": an 8-byte header, then u32 payload length, u8 type, payload, u32 CRC-32); step is the
-    first field of a step record's payload, None for other records."""
+    """(start, end, type, step) of each complete record of a trajectory (the layout in
+    include/zotorch/trajectory.h: an 8-byte header, then u32 payload length, u8 type, payload, u32
+    CRC-32); step is the first field of a step record's payload, None for other records."""
     records, at = [], 8
     while at + 9 <= len(data):
         (length,) = struct.unpack_from("<I", data, at)

@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
   const std::string log_path = (std::filesystem::path(args.dir) / "trajectory.ztraj").string();
   if (args.replay) {
     // The model still holds its initial values: the log's steps alone must turn them into the
-    // trained parameters (docs/trajectory.md "Exactness").
+    // trained parameters (docs/reliability.md "Trajectories").
     const zotorch::TrajectoryReader log(log_path);
     zotorch::replay(log, model->parameters(), std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max());
     int64_t aborted = 0;

@@ -1,4 +1,4 @@
-// A trajectory recorded on a CUDA device (docs/trajectory.md "Exactness"): replayed on the device
+// A trajectory recorded on a CUDA device (docs/reliability.md "Trajectories"): replayed on the device
 // it gives the trained parameters bit for bit, and replayed on the CPU from CPU copies of the
 // starting weights it gives the same bits, because FZOO's Rademacher sweeps are bit-identical on
 // both backends (tests/cuda/test_sweep_cuda.cu) and replay feeds both the recorded losses. Values
