@@ -187,7 +187,9 @@ bool small_enough_to_replay(const zotorch::TrajectoryReader& log) {
     int64_t directions = r.forward_passes + 2;
     for (const auto& o : log.configs()[r.config].options) {
       // AdaMeZO's update sweeps its window; FZOO's and MeZO's their probes (forward passes).
-      if (o.name == "window" && o.is_integer && o.integer > 0 && o.integer <= zotorch::detail::kMaxTerms) directions += o.integer;
+      if (o.name == "window" && o.is_integer && o.integer > 0 && o.integer <= zotorch::detail::kMaxTerms) {
+        directions += o.integer;
+      }
     }
     work += directions * std::max<int64_t>(elements, 1);
   }
@@ -294,6 +296,7 @@ void write_trajectory(const std::string& path, const Options& options, at::Scala
   for (auto& p : params) p = p.detach().to(dtype).requires_grad_(true);
   params[2].requires_grad_(false);
   Optimizer opt(params, options);
+  std::remove(path.c_str());  // a writer would continue the log of an earlier seed run
   zotorch::TrajectoryWriter writer(path);
   bool failed_once = false;
   while (opt.steps() < steps) {
