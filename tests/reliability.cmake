@@ -23,6 +23,9 @@ if(ZOTORCH_SANITIZE_TESTS)
   set(_sanitize_flags -fsanitize=address,undefined -fno-omit-frame-pointer)
   target_compile_options(zotorch_tests_asan PRIVATE ${_sanitize_flags} -O1 -g1)
   target_link_options(zotorch_tests_asan PRIVATE ${_sanitize_flags})
+  # The CPU kernels compiled once, instrumented like the tests (zotorch::cpu_kernels is not).
+  zotorch_create_cpu_kernels_target(zotorch_cpu_kernels_asan COMPILE_OPTIONS ${_sanitize_flags} -O1 -g1)
+  target_link_libraries(zotorch_tests_asan PRIVATE zotorch_cpu_kernels_asan)
   set_source_files_properties(sanitizer_options.cpp PROPERTIES SKIP_PRECOMPILE_HEADERS ON)
   # One ctest entry that runs every test case in one process (15 s): under ASan each process start
   # costs about a second, which 94 separate entries would pay 94 times. A report fails the entry
@@ -33,7 +36,7 @@ endif()
 
 # ---- kill test: SIGKILL a training job at random moments and inside checkpoint writes ----------
 add_executable(kill_resume_worker kill_resume_worker.cpp)
-target_link_libraries(kill_resume_worker PRIVATE zotorch::zotorch)
+target_link_libraries(kill_resume_worker PRIVATE zotorch::zotorch zotorch::cpu_kernels)
 find_package(Python3 COMPONENTS Interpreter)
 if(Python3_Interpreter_FOUND)
   add_test(NAME kill_resume

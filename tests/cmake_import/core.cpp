@@ -4,6 +4,11 @@
 
 #include <zotorch/zotorch.h>
 
+// Linking zotorch::cpu_kernels must route this file's CPU sweeps to the kernels compiled once.
+#ifndef ZOTORCH_COMPILED_CPU_KERNELS
+#error "zotorch::cpu_kernels did not define ZOTORCH_COMPILED_CPU_KERNELS for its consumer"
+#endif
+
 int64_t core_fzoo_steps(const torch::Device& device, int steps) {
   torch::NoGradGuard no_grad;
   auto x = torch::randn({8, 4}, device);

@@ -1076,5 +1076,14 @@ ZOTORCH_CPU_NO_CONTRACT inline void cpu_sweep(const ParamTable& table, const Swe
 }
 
 }  // namespace ZOTORCH_CPU_KERNELS_ABI
+
+#if defined(ZOTORCH_COMPILED_CPU_KERNELS)
+/// cpu_sweep compiled once per program, in share/zotorch/cpu_kernels.cpp (the zotorch::cpu_kernels
+/// CMake target defines ZOTORCH_COMPILED_CPU_KERNELS and links that file's object): apply_sweep
+/// calls it instead of instantiating the kernels, about a minute of -O3 code generation, in every
+/// translation unit (docs/design.md "Packaging"). Defining the macro without linking the object
+/// leaves this symbol undefined at link time.
+void cpu_sweep_compiled(const ParamTable& table, const SweepPlan& plan);
+#endif
 }  // namespace detail
 }  // namespace zotorch

@@ -27,7 +27,8 @@ inline void check_sweepable(const at::Tensor& tensor, const std::string& owner, 
               " elements; at most 2^40 are supported");
 }
 
-/// Applies one sweep to every tensor of the table. All tensors share one device.
+/// Applies one sweep to every tensor of the table. All tensors share one device. CPU sweeps go to
+/// the kernels compiled once per program when ZOTORCH_COMPILED_CPU_KERNELS is defined (cpu_sweep.h).
 inline void apply_sweep(const ParamTable& table, const SweepPlan& plan) {
   if (table.entries.empty()) return;
   const at::Device device = table.entries.front().tensor.device();
@@ -37,7 +38,11 @@ inline void apply_sweep(const ParamTable& table, const SweepPlan& plan) {
                 "target zotorch::cuda (or call zotorch_add_cuda_kernels(<target>)) into the program");
     cuda_backend().sweep(table, plan);
   } else {
+#if defined(ZOTORCH_COMPILED_CPU_KERNELS)
+    cpu_sweep_compiled(table, plan);
+#else
     cpu_sweep(table, plan);
+#endif
   }
 }
 
