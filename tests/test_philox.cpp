@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -124,21 +125,26 @@ TEST_CASE("Rademacher sign masks take bit i of the block, +1 for 0", "[philox]")
   }
 }
 
-TEST_CASE("Uniforms lie on their exact grids, strictly inside (0, 1) or within 0 <= u < 1", "[philox]") {
+TEST_CASE("Uniforms lie on their exact grid strictly inside (0, 1), and rounding draws are the words' 16-bit halves", "[philox]") {
   CHECK(open_uniform(0u) == std::ldexp(1.0f, -24));
   CHECK(open_uniform(~0u) == 1.0f - std::ldexp(1.0f, -24));
-  CHECK(half_open_uniform(0u) == 0.0f);
-  CHECK(half_open_uniform(~0u) == 1.0f - std::ldexp(1.0f, -24));
   std::mt19937 rng(3);
   int off_grid = 0;
   for (int i = 0; i < 100000; ++i) {
     const uint32_t word = rng();
-    const float u = open_uniform(word), h = half_open_uniform(word);
-    off_grid += !(u > 0.0f && u < 1.0f && h >= 0.0f && h < 1.0f);
+    const float u = open_uniform(word);
+    off_grid += !(u > 0.0f && u < 1.0f);
     off_grid += static_cast<double>(u) * 16777216.0 != static_cast<double>(((word >> 9) << 1) | 1u);
-    off_grid += static_cast<double>(h) * 16777216.0 != static_cast<double>(word >> 8);
   }
   CHECK(off_grid == 0);
+  // Element i of a rounding block: the low half of word i/2 for even i, the high half for odd i,
+  // i.e. the block's words read as little-endian 16-bit values.
+  const uint32_t words[4] = {0x11112222u, 0x33334444u, 0x55556666u, 0x77778888u};
+  const uint32_t expected[8] = {0x2222u, 0x1111u, 0x4444u, 0x3333u, 0x6666u, 0x5555u, 0x8888u, 0x7777u};
+  for (int i = 0; i < 8; ++i) CHECK(rounding_bits16(words, i) == expected[i]);
+  uint16_t halves[8];
+  std::memcpy(halves, words, sizeof(halves));
+  for (int i = 0; i < 8; ++i) CHECK(rounding_bits16(words, i) == halves[i]);
 }
 
 TEST_CASE("log_unit is within 4 ulp of the exact log on every uniform the Gaussian can draw", "[philox]") {

@@ -81,7 +81,7 @@ void reference_sweep(const ParamEntry& entry, const SweepPlan& plan) {
             restore_bits = noise_block(restore_rounding_key(plan.rounding_key), entry.tensor_id, kRoundingProbe,
                                        static_cast<uint64_t>(j / kRoundingBlock));
           }
-          x = restore_value_stochastic<Storage>(x, r, half_open_uniform(restore_bits.w[j % kRoundingBlock]));
+          x = restore_value_stochastic<Storage>(x, r, rounding_bits16(restore_bits.w, static_cast<int>(j % kRoundingBlock)));
         } else {
           x = restore_value<Storage>(x, r);
         }
@@ -99,7 +99,7 @@ void reference_sweep(const ParamEntry& entry, const SweepPlan& plan) {
           rounding_bits = noise_block(plan.rounding_key, entry.tensor_id, kRoundingProbe,
                                       static_cast<uint64_t>(j / kRoundingBlock));
         }
-        data[j] = narrow_stochastic<Storage>(y, half_open_uniform(rounding_bits.w[j % kRoundingBlock]));
+        data[j] = narrow_stochastic<Storage>(y, rounding_bits16(rounding_bits.w, static_cast<int>(j % kRoundingBlock)));
         continue;
       }
     }
@@ -723,23 +723,67 @@ TEST_CASE("Stochastic rounding is deterministic in its key and changes with it",
 }
 
 TEST_CASE("narrow_stochastic takes the far neighbour with probability equal to the distance", "[rounding]") {
-  // Directly on the element function: x a quarter of the way from a to b takes b for uniforms
-  // below 0.25 and a otherwise; exact values and non-finite values never move.
+  // bfloat16: x a quarter of the way from a to b (low half 0x4000) moves to b for the draws that
+  // carry, 0xC000 and up: a quarter of them. Exact values and non-finite values never move.
   const float a = 1.0f, b = 1.0078125f;  // consecutive bfloat16 values
   const float x = a + 0.25f * (b - a);
-  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.0f)) == b);
-  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.2499f)) == b);
-  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.25f)) == a);
-  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0.99f)) == a);
-  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(-x, 0.1f)) == -b);
-  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(a, 0.0f)) == a);
-  const float tiny = std::ldexp(1.0f, -26);  // a quarter of float16's smallest subnormal
-  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(tiny, 0.2f)) == std::ldexp(1.0f, -24));
-  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(tiny, 0.3f)) == 0.0f);
-  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(-tiny, 0.2f)) == -std::ldexp(1.0f, -24));
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0x0000u)) == a);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0xBFFFu)) == a);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0xC000u)) == b);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, 0xFFFFu)) == b);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(-x, 0xC000u)) == -b);
+  CHECK(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(a, 0xFFFFu)) == a);
+  // float16, normal: the top 13 bits of the draw carry into the 13 bits float16 drops.
+  const float c = 1.0f, d = 1.0009765625f;  // consecutive float16 values
+  const float between = c + 0.75f * (d - c);
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(between, 0x3FFFu)) == c);
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(between, 0x4000u)) == d);
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(-between, 0x4000u)) == -d);
+  // float16, subnormal: a quarter of the smallest subnormal reaches it for a quarter of the draws.
+  const float tiny = std::ldexp(1.0f, -26);
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(tiny, 0xBFFFu)) == 0.0f);
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(tiny, 0xC000u)) == std::ldexp(1.0f, -24));
+  CHECK(Float16Storage::widen(narrow_stochastic<Float16Storage>(-tiny, 0xFFFFu)) == -std::ldexp(1.0f, -24));
+  // Beyond the largest finite float16 (65504; the next pattern would be 65536): inf by the distance.
+  CHECK(narrow_stochastic<Float16Storage>(65520.0f, 0x7FFFu) == 0x7BFFu);
+  CHECK(narrow_stochastic<Float16Storage>(65520.0f, 0x8000u) == 0x7C00u);
+  CHECK(narrow_stochastic<Float16Storage>(1e30f, 0x0000u) == 0x7C00u);
   const float inf = std::numeric_limits<float>::infinity();
-  CHECK(narrow_stochastic<BFloat16Storage>(inf, 0.0f) == 0x7F80u);
-  CHECK(std::isnan(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(std::nanf(""), 0.0f))));
+  for (const uint32_t draw : {0x0000u, 0x8000u, 0xFFFFu}) {
+    CHECK(narrow_stochastic<BFloat16Storage>(inf, draw) == 0x7F80u);
+    CHECK(narrow_stochastic<BFloat16Storage>(-inf, draw) == 0xFF80u);
+    CHECK(narrow_stochastic<Float16Storage>(inf, draw) == 0x7C00u);
+    CHECK(std::isnan(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(std::nanf(""), draw))));
+    CHECK(std::isnan(Float16Storage::widen(narrow_stochastic<Float16Storage>(std::nanf(""), draw))));
+  }
+  // A signalling NaN whose payload sits in the dropped half stays NaN (the carry must not make it inf).
+  const float signalling = bit_cast<float>(0x7F800001u);
+  CHECK(std::isnan(BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(signalling, 0xFFFFu))));
+}
+
+TEST_CASE("narrow_stochastic is exactly unbiased over all 2^16 draws", "[rounding]") {
+  // The mean over every draw is x itself, computed exactly in double, for bfloat16 at every
+  // float32 in a sample across the range (normals, subnormals, halfway points, both signs) and for
+  // float16 at each of them from 2^-17 (where its subnormal rule is exact) to its largest finite
+  // value. Exactly: not within a tolerance.
+  std::mt19937 rng(11);
+  std::vector<float> xs = {1.0f + std::ldexp(1.0f, -9), -3.0f - std::ldexp(1.0f, -12), std::ldexp(1.0f, -130),
+                           -std::ldexp(3.0f, -140), 1.00390625f /* bfloat16 halfway */, 65504.0f - 1.0f,
+                           std::ldexp(1.0f, -14) - std::ldexp(1.0f, -37) /* below float16's smallest normal */,
+                           -std::ldexp(1001.0f, -30), std::ldexp(5.0f, -17) /* float16 subnormals */};
+  for (int i = 0; i < 60; ++i) {
+    const float f = std::ldexp(static_cast<float>(rng()) / 4294967296.0f + 0.5f, static_cast<int>(rng() % 40) - 20);
+    xs.push_back(rng() % 2 ? f : -f);
+  }
+  for (const float x : xs) {
+    double bf16_sum = 0, fp16_sum = 0;
+    for (uint32_t draw = 0; draw < 65536u; ++draw) {
+      bf16_sum += BFloat16Storage::widen(narrow_stochastic<BFloat16Storage>(x, draw));
+      fp16_sum += Float16Storage::widen(narrow_stochastic<Float16Storage>(x, draw));
+    }
+    CHECK(bf16_sum / 65536.0 == static_cast<double>(x));
+    if (std::fabs(x) >= std::ldexp(1.0f, -17) && std::fabs(x) <= 65504.0f) CHECK(fp16_sum / 65536.0 == static_cast<double>(x));
+  }
 }
 
 TEST_CASE("check_sweepable names the parameter and the fix", "[sweep][errors]") {

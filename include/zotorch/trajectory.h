@@ -92,7 +92,9 @@ namespace detail {
 // Types: 'B' begin (method, tensors, start state), once, first; 'C' config (shared options, per-group
 // lr and weight decay, trained tensors), before the first step and whenever it changes; 'S' step.
 constexpr char kTrajectoryMagic[6] = {'Z', 'O', 'T', 'R', 'A', 'J'};
-constexpr uint16_t kTrajectoryVersion = 1;
+/// 2 since 2026-12-01: 16-bit stochastic rounding draws 16 bits per element (docs/numerics.md "The
+/// noise stream"), so a version-1 log of a 16-bit run would replay to other bits; it is refused.
+constexpr uint16_t kTrajectoryVersion = 2;
 constexpr size_t kTrajectoryHeaderSize = 8;
 constexpr uint32_t kTrajectoryMaxPayload = uint32_t{1} << 28;
 constexpr uint8_t kStepSkipped = 1, kStepAborted = 2, kStepFloatLosses = 4, kStepGroupOptions = 8;
@@ -420,7 +422,8 @@ class TrajectoryReader {
                 " bytes, no ZOTRAJ header); trajectories are written by zotorch::TrajectoryWriter");
     const uint64_t version = detail::get_le(data + 6, 2);
     TORCH_CHECK(version == detail::kTrajectoryVersion, "zotorch::TrajectoryReader: ", what, " has format version ",
-                version, ", this zotorch reads version ", detail::kTrajectoryVersion);
+                version, ", this zotorch reads version ", detail::kTrajectoryVersion,
+                "; replay it with the zotorch that wrote it (docs/trajectory.md \"File format\")");
     size_t at = detail::kTrajectoryHeaderSize;
     valid_bytes_ = at;
     int64_t expected_step = 0;

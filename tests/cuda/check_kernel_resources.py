@@ -22,7 +22,9 @@ import sys
 # the test enforces, are the counts reached on sm_80 and sm_90 with nvcc 13.0.88, rounded up to a
 # multiple of 8 (unrelated edits of the translation unit move them by up to 4), and never above 128
 # where the count was: a change that needs more registers, or costs a linear kernel its second
-# block per SM, fails here; one that reaches a target shows in the table.
+# block per SM, fails here; one that reaches a target shows in the table. Re-measured 2026-12-01
+# after stochastic rounding moved to 16-bit draws (docs/numerics.md): 16-bit linear kernels 113-122
+# -> 107-116, 16-bit Rademacher adaptive 154-167 -> 162-166.
 TARGETS = {(storage, dist, adaptive): (64 if dist == "Rademacher" else 96) if not adaptive else 128
            for storage in ("float", "half", "bfloat16") for dist in ("Rademacher", "Gaussian")
            for adaptive in (False, True)}
@@ -32,13 +34,13 @@ BUDGETS = {
     ("float", "Gaussian", False): 112,
     ("float", "Rademacher", True): 128,  # __launch_bounds__(256, 2): 2 blocks; 136-139 without
     ("float", "Gaussian", True): 152,
-    ("half", "Rademacher", False): 120,
-    ("half", "Gaussian", False): 128,
-    ("half", "Rademacher", True): 176,
+    ("half", "Rademacher", False): 112,
+    ("half", "Gaussian", False): 120,
+    ("half", "Rademacher", True): 168,
     ("half", "Gaussian", True): 160,
-    ("bfloat16", "Rademacher", False): 120,
+    ("bfloat16", "Rademacher", False): 112,
     ("bfloat16", "Gaussian", False): 120,
-    ("bfloat16", "Rademacher", True): 160,
+    ("bfloat16", "Rademacher", True): 168,  # 154-160 before the 16-bit rounding draws; 1 block either way
     ("bfloat16", "Gaussian", True): 160,
     # fp64 (two registers per element and per accumulator): stated, not targeted.
     ("double", "Rademacher", False): 160,

@@ -404,17 +404,18 @@ ZOTORCH_CPU_INLINE void gaussian_chunk(uint64_t key, uint32_t tensor_id, uint32_
   }
 }
 
-/// The stochastic-rounding uniforms of one chunk: element i draws word i % 4 of block i / 4.
+/// The stochastic-rounding draws of one chunk in element order: element i takes rounding_bits16 of
+/// block i / 8 (docs/numerics.md "The noise stream").
 template <bool Avx2>
-ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t chunk, float* uniform) {
+ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t chunk, uint32_t* bits16) {
   constexpr int kBlocks = static_cast<int>(kCpuChunk / kRoundingBlock);
   alignas(64) uint32_t words[4][kBlocks];
   philox_batch<Avx2, kBlocks>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(chunk) * kBlocks, words);
   for (int b = 0; b < kBlocks; ++b) {
-    uniform[4 * b + 0] = half_open_uniform(words[0][b]);
-    uniform[4 * b + 1] = half_open_uniform(words[1][b]);
-    uniform[4 * b + 2] = half_open_uniform(words[2][b]);
-    uniform[4 * b + 3] = half_open_uniform(words[3][b]);
+    for (int q = 0; q < 4; ++q) {
+      bits16[kRoundingBlock * b + 2 * q] = words[q][b] & 0xFFFFu;
+      bits16[kRoundingBlock * b + 2 * q + 1] = words[q][b] >> 16;
+    }
   }
 }
 
@@ -491,44 +492,79 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow16_avx512(__m512 x) {
   }
 }
 
-/// narrow_stochastic<Storage> of 16 lanes, operation for operation.
+/// narrow_stochastic<Storage> of 16 lanes, operation for operation; `bits16` holds the 16 random
+/// bits of each lane.
 template <class Storage>
-ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow16_stochastic_avx512(__m512 x, __m512 uniform) {
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i nearest = narrow16_avx512<Storage>(x);
-  const __m512 nearest_value = widen16_avx512<Storage>(nearest);
-  const __mmask16 keep_nearest = _mm512_cmp_ps_mask(nearest_value, x, _CMP_EQ_OQ) |
-                                 _mm512_cmp_ps_mask(_mm512_sub_ps(x, x), zero, _CMP_NEQ_UQ);
-  const __mmask16 x_above = _mm512_cmp_ps_mask(x, nearest_value, _CMP_GT_OQ);
-  const __mmask16 positive = _mm512_cmp_ps_mask(nearest_value, zero, _CMP_GT_OQ);
-  const __mmask16 away_from_zero = static_cast<__mmask16>(~(x_above ^ positive));
-  const __m512i beside = _mm512_mask_blend_epi32(away_from_zero, _mm512_sub_epi32(nearest, one),
-                                                 _mm512_add_epi32(nearest, one));
-  const __m512i smallest = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ),
-                                                   _mm512_set1_epi32(0x8001), one);
-  const __m512i other = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(nearest_value, zero, _CMP_EQ_OQ), beside, smallest);
-  const __m512 other_value = widen16_avx512<Storage>(other);
-  // (x − nearest)/(other − nearest) where the divisor is ±(a power of two) or ±inf: the exact
-  // quotient is x − nearest scaled by 2^−exponent with the divisor's sign, which scalef computes
-  // without a division (0 for an infinite divisor, NaN for inf/inf, as the division gives).
-  const __m512 gap = _mm512_sub_ps(other_value, nearest_value);
-  const __m512 scaled = _mm512_scalef_ps(_mm512_sub_ps(x, nearest_value), _mm512_sub_ps(zero, _mm512_getexp_ps(gap)));
-  const __m512 probability = _mm512_xor_ps(
-      scaled, _mm512_and_ps(gap, _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)))));
-  const __mmask16 take_other =
-      static_cast<__mmask16>(~keep_nearest) & _mm512_cmp_ps_mask(uniform, probability, _CMP_LT_OQ);
-  return _mm512_mask_blend_epi32(take_other, nearest, other);
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow16_stochastic_avx512(__m512 x, __m512i bits16) {
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    // The draw added below the kept half, the sum cut off; NaN lanes as narrow16_avx512 rounds them.
+    const __m512i bits = _mm512_castps_si512(x);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                  _mm512_set1_epi32(0x7F800000));
+    const __m512i carried = _mm512_srli_epi32(_mm512_add_epi32(bits, bits16), 16);
+    return _mm512_mask_mov_epi32(carried, nan, _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x0040)));
+  } else {
+    // float16: the normal and the subnormal carry, selected by magnitude; non-finite lanes as
+    // narrow16_avx512 rounds them.
+    const __m512i bits = _mm512_castps_si512(x);
+    const __m512i magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+    const __mmask16 finite = _mm512_cmplt_epu32_mask(magnitude, _mm512_set1_epi32(0x7F800000));
+    const __mmask16 normal_range = _mm512_cmpge_epu32_mask(magnitude, _mm512_set1_epi32(0x38800000));
+    const __m512i sign = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x8000));
+    const __m512i normal_pattern =
+        _mm512_sub_epi32(_mm512_srli_epi32(_mm512_add_epi32(magnitude, _mm512_srli_epi32(bits16, 3)), 13),
+                         _mm512_set1_epi32((127 - 15) << 10));
+    const __m512i normal = _mm512_min_epu32(normal_pattern, _mm512_set1_epi32(0x7C00));
+    const __m512i small = _mm512_min_epu32(magnitude, _mm512_set1_epi32(0x38800000));
+    const __m512i scaled = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(small), _mm512_set1_ps(1099511627776.0f)));
+    const __m512i subnormal = _mm512_srli_epi32(_mm512_add_epi32(scaled, bits16), 16);
+    const __m512i rounded = _mm512_or_si512(sign, _mm512_mask_blend_epi32(normal_range, subnormal, normal));
+    return _mm512_mask_blend_epi32(finite, narrow16_avx512<Storage>(x), rounded);
+  }
+}
+
+/// The 16-bit draws of lanes o[i..i+15] from rounding_chunks16_avx512's output.
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i load_bits16_avx512(const uint16_t* bits16) {
+  return _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(bits16)));
+}
+
+/// rounding_chunk for kChunks consecutive chunks, as 16-bit values in element order: the Philox words
+/// of the chunks' blocks written block after block (a 4×16 transpose per 16 blocks). Two chunks per
+/// call keep two independent Philox evaluations in flight.
+template <int kChunks>
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void rounding_chunks16_avx512(uint64_t key, uint32_t tensor_id,
+                                                                          int64_t first_chunk, uint16_t* bits16) {
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kRoundingBlock) * kChunks;
+  alignas(64) uint32_t words[4][kBlocks];
+  philox_lanes_avx512<kBlocks>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(first_chunk) * (kBlocks / kChunks),
+                               words);
+  for (int g = 0; g < kBlocks; g += 16) {
+    const __m512i w0 = _mm512_load_si512(words[0] + g), w1 = _mm512_load_si512(words[1] + g);
+    const __m512i w2 = _mm512_load_si512(words[2] + g), w3 = _mm512_load_si512(words[3] + g);
+    // Within each 128-bit lane k (blocks 4k..4k+3): q_j = block 4k + j's four words.
+    const __m512i lo01 = _mm512_unpacklo_epi32(w0, w1), hi01 = _mm512_unpackhi_epi32(w0, w1);
+    const __m512i lo23 = _mm512_unpacklo_epi32(w2, w3), hi23 = _mm512_unpackhi_epi32(w2, w3);
+    const __m512i q0 = _mm512_unpacklo_epi64(lo01, lo23), q1 = _mm512_unpackhi_epi64(lo01, lo23);
+    const __m512i q2 = _mm512_unpacklo_epi64(hi01, hi23), q3 = _mm512_unpackhi_epi64(hi01, hi23);
+    // Then a 4×4 transpose of 128-bit lanes puts blocks 4k..4k+3 into output vector k.
+    const __m512i t0 = _mm512_shuffle_i32x4(q0, q1, 0x44), t1 = _mm512_shuffle_i32x4(q2, q3, 0x44);
+    const __m512i t2 = _mm512_shuffle_i32x4(q0, q1, 0xEE), t3 = _mm512_shuffle_i32x4(q2, q3, 0xEE);
+    uint16_t* out = bits16 + g * kRoundingBlock;
+    _mm512_store_si512(reinterpret_cast<__m512i*>(out), _mm512_shuffle_i32x4(t0, t1, 0x88));
+    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 32), _mm512_shuffle_i32x4(t0, t1, 0xDD));
+    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 64), _mm512_shuffle_i32x4(t2, t3, 0x88));
+    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 96), _mm512_shuffle_i32x4(t2, t3, 0xDD));
+  }
 }
 
 /// The rounding of y to the storage type, stored at o[0..15].
 template <class Storage, bool Stochastic>
-ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __m512 y, const float* uniform) {
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __m512 y, const uint16_t* bits16) {
   __m512i rounded;
   if constexpr (Stochastic) {
-    rounded = narrow16_stochastic_avx512<Storage>(y, _mm512_load_ps(uniform));
+    rounded = narrow16_stochastic_avx512<Storage>(y, load_bits16_avx512(bits16));
   } else {
-    (void)uniform;
+    (void)bits16;
     rounded = narrow16_avx512<Storage>(y);
   }
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi32_epi16(rounded));
@@ -536,12 +572,12 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __
 
 /// restore_value(_stochastic)<Storage>(x, r) of 16 lanes.
 template <class Storage, bool Stochastic>
-ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, __m512 r, const float* uniform) {
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, __m512 r, const uint16_t* bits16) {
   const __m512 sum = _mm512_add_ps(x, r);
   if constexpr (Stochastic) {
-    return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, _mm512_load_ps(uniform)));
+    return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, load_bits16_avx512(bits16)));
   } else {
-    (void)uniform;
+    (void)bits16;
     return widen16_avx512<Storage>(narrow16_avx512<Storage>(sum));
   }
 }
@@ -557,16 +593,24 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
   const __m512 keep_v = _mm512_set1_ps(keep), c_v = _mm512_set1_ps(c), cr_v = _mm512_set1_ps(cr);
   const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
   const __m512 zero = _mm512_setzero_ps();
+  // The rounding draws of two chunks at a time; chunk ch uses half ch % 2.
+  alignas(64) uint16_t bits16_pair[Stochastic ? 2 * kCpuChunk : 1];
+  alignas(64) uint16_t restore_bits16_pair[Stochastic ? 2 * kCpuChunk : 1];
   for (int ch = 0; ch < n; ++ch) {
     uint16_t* o = out + ch * kCpuChunk;
     const float* sc = s + ch * kCpuChunk;
     prefetch_chunk_ahead(o);
-    alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
-    alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
     if constexpr (Stochastic) {
-      rounding_chunk<true>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
-      if (staged) rounding_chunk<true>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+      if (ch % 2 == 0) {
+        rounding_chunks16_avx512<2>(plan.rounding_key, tensor_id, first_chunk + ch, bits16_pair);
+        if (staged) {
+          rounding_chunks16_avx512<2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch,
+                                      restore_bits16_pair);
+        }
+      }
     }
+    const uint16_t* bits16 = bits16_pair + (Stochastic ? (ch % 2) * kCpuChunk : 0);
+    const uint16_t* restore_bits16 = restore_bits16_pair + (Stochastic ? (ch % 2) * kCpuChunk : 0);
     alignas(64) float z[Dist == Distribution::Gaussian ? kCpuChunk : 1];
     if constexpr (Dist == Distribution::Gaussian) gaussian_chunk<true>(last->key, tensor_id, last->probe, first_chunk + ch, z);
     for (int i = 0; i < kCpuChunk; i += 16) {
@@ -590,10 +634,10 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
       if (staged) {
         const __m512 stored = restores != nullptr ? _mm512_load_ps(restores + ch * kCpuChunk + i) : zero;
         x = restored16_avx512<Storage, Stochastic>(x_in, _mm512_add_ps(stored, cr_z),
-                                                   restore_uniform + (Stochastic ? i : 0));
+                                                   restore_bits16 + (Stochastic ? i : 0));
       }
       const __m512 y = _mm512_add_ps(_mm512_mul_ps(keep_v, x), direction);
-      store16_avx512<Storage, Stochastic>(o + i, y, uniform + (Stochastic ? i : 0));
+      store16_avx512<Storage, Stochastic>(o + i, y, bits16 + (Stochastic ? i : 0));
     }
   }
 }
@@ -771,22 +815,22 @@ struct CpuChunks {
   }
 
   /// The one rounding of element i.
-  ZOTORCH_CPU_INLINE static void store(S* o, int i, A y, const float* uniform) {
+  ZOTORCH_CPU_INLINE static void store(S* o, int i, A y, const uint32_t* bits16) {
     if constexpr (Stochastic) {
-      o[i] = narrow_stochastic<Storage>(y, uniform[i]);
+      o[i] = narrow_stochastic<Storage>(y, bits16[i]);
     } else {
-      (void)uniform;
+      (void)bits16;
       o[i] = Storage::narrow(y);
     }
   }
 
   /// The restore rounding of a staged sweep: θ' = round(x + r), to nearest or stochastically with
-  /// the restore stream's uniform, as a separate restore sweep would store it (sweep.h).
-  ZOTORCH_CPU_INLINE static A restored(A x, A r, const float* restore_uniform, int i) {
+  /// the restore stream's 16-bit draws, as a separate restore sweep would store it (sweep.h).
+  ZOTORCH_CPU_INLINE static A restored(A x, A r, const uint32_t* restore_bits16, int i) {
     if constexpr (Stochastic) {
-      return restore_value_stochastic<Storage>(x, r, restore_uniform[i]);
+      return restore_value_stochastic<Storage>(x, r, restore_bits16[i]);
     } else {
-      (void)restore_uniform;
+      (void)restore_bits16;
       return restore_value<Storage>(x, r);
     }
   }
@@ -797,11 +841,11 @@ struct CpuChunks {
   template <bool Partial, class StoredRestore>
   ZOTORCH_CPU_INLINE static void staged_pass(S* o, const A* sc, A c, A cr, const uint32_t* last_words,
                                              const SweepTerm* last, int ch, int64_t first_chunk, uint32_t tensor_id,
-                                             const SweepPlan& plan, A keep, const float* uniform,
+                                             const SweepPlan& plan, A keep, const uint32_t* bits16,
                                              StoredRestore stored) {
-    alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
+    alignas(64) uint32_t restore_bits16[Stochastic ? kCpuChunk : 1];
     if constexpr (Stochastic) {
-      rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+      rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_bits16);
     }
     if constexpr (Dist == Distribution::Rademacher) {
       (void)last;
@@ -811,8 +855,8 @@ struct CpuChunks {
           const int i = 32 * q + b;
           const uint32_t mask = sign_mask_of_bit(word, b);
           const A partial = Partial ? sc[i] : A(0);
-          const A x = restored(Storage::widen(o[i]), accumulate_sign(stored(i), cr, mask), restore_uniform, i);
-          store(o, i, linear_update(keep, x, accumulate_sign(partial, c, mask)), uniform);
+          const A x = restored(Storage::widen(o[i]), accumulate_sign(stored(i), cr, mask), restore_bits16, i);
+          store(o, i, linear_update(keep, x, accumulate_sign(partial, c, mask)), bits16);
         }
       }
     } else {
@@ -821,8 +865,8 @@ struct CpuChunks {
       gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
       for (int i = 0; i < kCpuChunk; ++i) {
         const A partial = Partial ? sc[i] : A(0);
-        const A x = restored(Storage::widen(o[i]), accumulate_value(stored(i), cr, z[i]), restore_uniform, i);
-        store(o, i, linear_update(keep, x, accumulate_value(partial, c, z[i])), uniform);
+        const A x = restored(Storage::widen(o[i]), accumulate_value(stored(i), cr, z[i]), restore_bits16, i);
+        store(o, i, linear_update(keep, x, accumulate_value(partial, c, z[i])), bits16);
       }
     }
   }
@@ -850,17 +894,17 @@ struct CpuChunks {
       S* o = out + ch * kCpuChunk;
       const A* sc = s + ch * kCpuChunk;
       prefetch_chunk_ahead(o);
-      alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
-      if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
+      alignas(64) uint32_t bits16[Stochastic ? kCpuChunk : 1];
+      if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, bits16);
       if (last == nullptr) {
-        for (int i = 0; i < kCpuChunk; ++i) store(o, i, linear_update(keep, Storage::widen(o[i]), sc[i]), uniform);
+        for (int i = 0; i < kCpuChunk; ++i) store(o, i, linear_update(keep, Storage::widen(o[i]), sc[i]), bits16);
       } else if (staged && restores == nullptr) {
         // Only the last term restores: r = cr·z in registers (0 + cr·z is exact, as below).
-        staged_pass<Partial>(o, sc, c, cr, last_words, last, ch, first_chunk, tensor_id, plan, keep, uniform,
+        staged_pass<Partial>(o, sc, c, cr, last_words, last, ch, first_chunk, tensor_id, plan, keep, bits16,
                              [](int) { return A(0); });
       } else if (staged) {
         const A* rc = restores + ch * kCpuChunk;
-        staged_pass<Partial>(o, sc, c, cr, last_words, last, ch, first_chunk, tensor_id, plan, keep, uniform,
+        staged_pass<Partial>(o, sc, c, cr, last_words, last, ch, first_chunk, tensor_id, plan, keep, bits16,
                              [rc](int i) { return rc[i]; });
       } else if constexpr (Dist == Distribution::Rademacher) {
         for (int q = 0; q < 4; ++q) {
@@ -869,7 +913,7 @@ struct CpuChunks {
             const int i = 32 * q + b;
             const A partial = Partial ? sc[i] : A(0);
             store(o, i, linear_update(keep, Storage::widen(o[i]), accumulate_sign(partial, c, sign_mask_of_bit(word, b))),
-                  uniform);
+                  bits16);
           }
         }
       } else {
@@ -877,7 +921,7 @@ struct CpuChunks {
         gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
         for (int i = 0; i < kCpuChunk; ++i) {
           const A partial = Partial ? sc[i] : A(0);
-          store(o, i, linear_update(keep, Storage::widen(o[i]), accumulate_value(partial, c, z[i])), uniform);
+          store(o, i, linear_update(keep, Storage::widen(o[i]), accumulate_value(partial, c, z[i])), bits16);
         }
       }
     }
@@ -892,23 +936,23 @@ struct CpuChunks {
       S* o = out + ch * kCpuChunk;
       prefetch_chunk_ahead(o);
       const int base = ch * static_cast<int>(kCpuChunk);
-      alignas(64) float uniform[Stochastic ? kCpuChunk : 1];
-      if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, uniform);
+      alignas(64) uint32_t bits16[Stochastic ? kCpuChunk : 1];
+      if constexpr (Stochastic) rounding_chunk<Avx2>(plan.rounding_key, tensor_id, first_chunk + ch, bits16);
       alignas(64) A root[kCpuChunk];
       sqrt_lanes(v + base, root, kCpuChunk);
       if (restores != nullptr) {
-        alignas(64) float restore_uniform[Stochastic ? kCpuChunk : 1];
+        alignas(64) uint32_t restore_bits16[Stochastic ? kCpuChunk : 1];
         if constexpr (Stochastic) {
-          rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_uniform);
+          rounding_chunk<Avx2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_bits16);
         }
         for (int i = 0; i < kCpuChunk; ++i) {
-          const A x = restored(Storage::widen(o[i]), restores[base + i], restore_uniform, i);
-          store(o, i, adaptive_update_root(keep, x, s[base + i], m[base + i], root[i], step, stab), uniform);
+          const A x = restored(Storage::widen(o[i]), restores[base + i], restore_bits16, i);
+          store(o, i, adaptive_update_root(keep, x, s[base + i], m[base + i], root[i], step, stab), bits16);
         }
       } else {
         for (int i = 0; i < kCpuChunk; ++i) {
           store(o, i, adaptive_update_root(keep, Storage::widen(o[i]), s[base + i], m[base + i], root[i], step, stab),
-                uniform);
+                bits16);
         }
       }
     }

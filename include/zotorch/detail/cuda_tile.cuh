@@ -249,14 +249,15 @@ ZOTORCH_UNROLL
     }
   }
 
-  /// The stochastic-rounding uniforms of the kVec elements from `first`: word q of block first/4 + b.
-  ZOTORCH_HD static void rounding_uniforms(uint64_t key, uint32_t tensor_id, int64_t first, float* uniform) {
+  /// The stochastic-rounding draws of the kVec elements from `first` (a multiple of kRoundingBlock):
+  /// rounding_bits16 of block first/8 + b for element 8b + i.
+  ZOTORCH_HD static void rounding_draws(uint64_t key, uint32_t tensor_id, int64_t first, uint32_t* bits16) {
 ZOTORCH_UNROLL
     for (int b = 0; b < kVec / static_cast<int>(kRoundingBlock); ++b) {
       const Words4 bits = noise_block(key, tensor_id, kRoundingProbe,
                                       static_cast<uint64_t>(first / kRoundingBlock) + static_cast<uint64_t>(b));
 ZOTORCH_UNROLL
-      for (int q = 0; q < 4; ++q) uniform[b * kRoundingBlock + q] = half_open_uniform(bits.w[q]);
+      for (int i = 0; i < static_cast<int>(kRoundingBlock); ++i) bits16[b * kRoundingBlock + i] = rounding_bits16(bits.w, i);
     }
   }
 
@@ -267,12 +268,12 @@ ZOTORCH_UNROLL
     for (int j = 0; j < kSteps; ++j) {
       const int64_t first = ctx.start + step_offset(lane, j);
       if (first >= ctx.numel) continue;  // tail of the last tile
-      float uniform[kVec];
-      float restore_uniform[kVec];
+      uint32_t bits16[kVec];
+      uint32_t restore_bits16[kVec];
       if constexpr (Storage::is_16_bit) {
         if (plan.stochastic_rounding) {
-          rounding_uniforms(plan.rounding_key, ctx.tensor_id, first, uniform);
-          if (ctx.staged) rounding_uniforms(restore_rounding_key(plan.rounding_key), ctx.tensor_id, first, restore_uniform);
+          rounding_draws(plan.rounding_key, ctx.tensor_id, first, bits16);
+          if (ctx.staged) rounding_draws(restore_rounding_key(plan.rounding_key), ctx.tensor_id, first, restore_bits16);
         }
       }
       S out[kVec];
@@ -283,7 +284,7 @@ ZOTORCH_UNROLL
         if (ctx.staged) {
           // The restore rounding (sweep.h): θ' = round(θ + r), as a restore sweep of its own stores it.
           if constexpr (Storage::is_16_bit) {
-            x_wide = plan.stochastic_rounding ? restore_value_stochastic<Storage>(x_wide, r[e], restore_uniform[i])
+            x_wide = plan.stochastic_rounding ? restore_value_stochastic<Storage>(x_wide, r[e], restore_bits16[i])
                                               : restore_value<Storage>(x_wide, r[e]);
           } else {
             x_wide = restore_value<Storage>(x_wide, r[e]);
@@ -296,7 +297,7 @@ ZOTORCH_UNROLL
           y = linear_update(ctx.keep, x_wide, s[e]);
         }
         if constexpr (Storage::is_16_bit) {
-          out[i] = plan.stochastic_rounding ? narrow_stochastic<Storage>(y, uniform[i]) : Storage::narrow(y);
+          out[i] = plan.stochastic_rounding ? narrow_stochastic<Storage>(y, bits16[i]) : Storage::narrow(y);
         } else {
           out[i] = Storage::narrow(y);
         }

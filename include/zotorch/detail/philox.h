@@ -70,10 +70,11 @@ ZOTORCH_HD_INLINE Words4 noise_block(uint64_t key, uint32_t tensor_id, uint32_t 
                        static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
 }
 
-/// Elements per Philox call: 128 signs for Rademacher, 4 normals for Gaussian, 4 uniforms for rounding.
+/// Elements per Philox call: 128 signs for Rademacher, 4 normals for Gaussian, 8 16-bit rounding
+/// draws for stochastic rounding.
 constexpr int64_t kRademacherBlock = 128;
 constexpr int64_t kGaussianBlock = 4;
-constexpr int64_t kRoundingBlock = 4;
+constexpr int64_t kRoundingBlock = 8;
 /// Probe index reserved for stochastic rounding; no method uses it for directions.
 constexpr uint32_t kRoundingProbe = 0xFFFFFFFFu;
 
@@ -131,9 +132,11 @@ ZOTORCH_HD_INLINE float open_uniform(uint32_t word) {
   return static_cast<float>(static_cast<int32_t>(((word >> 9) << 1) | 1u)) * 5.9604644775390625e-8f;  // 2^-24
 }
 
-/// A uniform in [0, 1) on the grid k·2^-24; exact in float. Drives stochastic rounding.
-ZOTORCH_HD_INLINE float half_open_uniform(uint32_t word) {
-  return static_cast<float>(static_cast<int32_t>(word >> 8)) * 5.9604644775390625e-8f;
+/// The 16 random bits that stochastic rounding gives element i of a rounding block (i < 8): the low
+/// half of word i/2 for even i, the high half for odd i. Read as little-endian 16-bit values, the
+/// block's four words are the eight draws in element order (docs/numerics.md "The noise stream").
+ZOTORCH_HD_INLINE uint32_t rounding_bits16(const uint32_t (&words)[4], int i) {
+  return (words[i >> 1] >> ((i & 1) * 16)) & 0xFFFFu;
 }
 
 /// Natural log for u in (0, 1], from +, *, / only (no libm), so CPU and CUDA agree bit for bit.

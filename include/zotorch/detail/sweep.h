@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace zotorch {
@@ -170,26 +171,41 @@ struct Float16Storage {
   }
 };
 
-/// Stochastic rounding of x to a 16-bit type: the neighbour on the far side is taken with
-/// probability equal to the distance to it in units of their gap, so E[widen(result)] = x.
-/// `uniform` is in [0, 1) from the reserved rounding probe.
-/// Written without branches (every candidate computed, then selected) so that the CPU loop
-/// vectorises; where x is exact or not finite the probability is unused and may be nan or inf.
+/// Stochastic rounding of x to a 16-bit type from 16 random bits `bits16` (rounding_bits16 of the
+/// reserved rounding probe), so that E[widen(result)] = x (docs/numerics.md "Rounding back to 16
+/// bits"). A carry decides: the draw is added below the last bit that is kept and the sum is cut
+/// off, so x moves to the next pattern away from zero with probability equal to its distance from
+/// the pattern below, in units of their gap.
+/// - bfloat16, the upper half of a float32: the 16 bits are added to x's lower half. Exact for every
+///   finite x.
+/// - float16 normals (|x| ≥ 2^-14): the top 13 bits are added to the 13 bits of x's float32 pattern
+///   that float16 drops, and the pattern is cut to float16. Exact.
+/// - float16 subnormals (|x| < 2^-14, a grid of 2^-24): the 16 bits are added to |x|·2^40 cut to an
+///   integer. Exact for |x| ≥ 2^-17; below that the cut-off bits bias it by less than 2^-16 of a gap.
+/// Beyond the largest finite value x goes to ±inf with the probability of its distance; infinities
+/// and NaN round as narrow does. Integer operations and selects only, so the CPU loops vectorise.
 template <class Storage>
-ZOTORCH_HD_INLINE uint16_t narrow_stochastic(float x, float uniform) {
-  const uint16_t nearest = Storage::narrow(x);
-  const float nearest_value = Storage::widen(nearest);
-  const bool keep_nearest = (nearest_value == x) | !(x - x == 0.0f);  // exact, or inf/nan
-  // The neighbour on the far side of x: one bit pattern further from or closer to zero, or the
-  // smallest subnormal of x's sign when x rounded to zero.
-  const bool away_from_zero = (x > nearest_value) == (nearest_value > 0.0f);
-  const uint16_t beside = static_cast<uint16_t>(away_from_zero ? nearest + 1 : nearest - 1);
-  const uint16_t smallest = x > 0.0f ? uint16_t{0x0001} : uint16_t{0x8001};
-  const uint16_t other = nearest_value == 0.0f ? smallest : beside;
-  const float other_value = Storage::widen(other);
-  const float probability = (x - nearest_value) / (other_value - nearest_value);  // exact operands
-  const bool take_other = !keep_nearest & (uniform < probability);  // no short circuit: no branch
-  return take_other ? other : nearest;
+ZOTORCH_HD_INLINE uint16_t narrow_stochastic(float x, uint32_t bits16) {
+  const uint32_t bits = bit_cast<uint32_t>(x);
+  const uint32_t magnitude = bits & 0x7FFFFFFFu;
+  const bool finite = magnitude < 0x7F800000u;
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    const uint32_t carried = (bits + bits16) >> 16;  // no overflow for finite x: bits ≤ 0xFF7FFFFF
+    return static_cast<uint16_t>(finite ? carried : Storage::narrow(x));
+  } else {
+    const uint32_t sign = (bits >> 16) & 0x8000u;
+    // Normal: rebias the cut pattern from float32's exponent (127) to float16's (15); at most inf.
+    const uint32_t normal_pattern = ((magnitude + (bits16 >> 3)) >> 13) - ((127u - 15u) << 10);
+    const uint32_t normal = normal_pattern < 0x7C00u ? normal_pattern : 0x7C00u;
+    // Subnormal: |x|·2^40 ≤ 2^26 (larger magnitudes clamped first, so the conversion stays in range)
+    // is scaled exactly and cut to an integer; a sum of 2^26 or more is the smallest normal, pattern
+    // 0x0400, as the carry reaches float16's exponent field.
+    const uint32_t small = magnitude < 0x38800000u ? magnitude : 0x38800000u;
+    const uint32_t scaled = static_cast<uint32_t>(static_cast<int32_t>(mul(bit_cast<float>(small), 1099511627776.0f)));
+    const uint32_t subnormal = (scaled + bits16) >> 16;
+    const uint32_t rounded = sign | (magnitude >= 0x38800000u ? normal : subnormal);
+    return static_cast<uint16_t>(finite ? rounded : Storage::narrow(x));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,10 +237,10 @@ template <class Storage>
 ZOTORCH_HD_INLINE typename Storage::acc restore_value(typename Storage::acc x, typename Storage::acc r) {
   return Storage::widen(Storage::narrow(add(x, r)));
 }
-/// The same with stochastic rounding, `uniform` from the restore rounding's own stream.
+/// The same with stochastic rounding, `bits16` from the restore rounding's own stream.
 template <class Storage>
-ZOTORCH_HD_INLINE float restore_value_stochastic(float x, float r, float uniform) {
-  return Storage::widen(narrow_stochastic<Storage>(add(x, r), uniform));
+ZOTORCH_HD_INLINE float restore_value_stochastic(float x, float r, uint32_t bits16) {
+  return Storage::widen(narrow_stochastic<Storage>(add(x, r), bits16));
 }
 
 /// The new value before rounding: keep·x + s, then the adaptive correction when present.
