@@ -412,10 +412,8 @@ ZOTORCH_CPU_INLINE void rounding_chunk(uint64_t key, uint32_t tensor_id, int64_t
   alignas(64) uint32_t words[4][kBlocks];
   philox_batch<Avx2, kBlocks>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(chunk) * kBlocks, words);
   for (int b = 0; b < kBlocks; ++b) {
-    for (int q = 0; q < 4; ++q) {
-      bits16[kRoundingBlock * b + 2 * q] = words[q][b] & 0xFFFFu;
-      bits16[kRoundingBlock * b + 2 * q + 1] = words[q][b] >> 16;
-    }
+    const uint32_t block[4] = {words[0][b], words[1][b], words[2][b], words[3][b]};
+    for (int i = 0; i < static_cast<int>(kRoundingBlock); ++i) bits16[kRoundingBlock * b + i] = rounding_bits16(block, i);
   }
 }
 
