@@ -76,7 +76,7 @@ TEST_CASE("Consecutive blocks are ATen's consecutive outputs of one subsequence"
 TEST_CASE("The CPU's batched Philox equals noise_block lane by lane in every build", "[philox]") {
   std::mt19937_64 rng(7);
   const CpuKernels saved = cpu_kernels();
-  for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Best}) {
+  for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Avx512, CpuKernels::Best}) {
     cpu_kernels() = kernels;
     int mismatches = 0;
     for (int trial = 0; trial < 300; ++trial) {
@@ -179,7 +179,7 @@ TEST_CASE("sincos_turns is accurate to 2e-7 absolute on every angle the Gaussian
 TEST_CASE("The CPU's batched Gaussian equals gaussian4 bit for bit in every build", "[philox]") {
   const CpuKernels saved = cpu_kernels();
   std::mt19937_64 rng(11);
-  for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Best}) {
+  for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Avx512, CpuKernels::Best}) {
     cpu_kernels() = kernels;
     int mismatches = 0;
     for (int trial = 0; trial < 200; ++trial) {

@@ -11,6 +11,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <catch2/catch.hpp>
 
+#include "skip.h"
+
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -188,7 +190,7 @@ struct CpuSettingsGuard {
 };
 
 const char* kernels_name(CpuKernels k) {
-  return k == CpuKernels::Best ? "best" : k == CpuKernels::Avx2 ? "avx2" : "portable";
+  return k == CpuKernels::Best ? "best" : k == CpuKernels::Avx512 ? "avx512" : k == CpuKernels::Avx2 ? "avx2" : "portable";
 }
 
 }  // namespace
@@ -229,7 +231,7 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
             REQUIRE(staged_plan(plan) == restores);
             const ParamTable expected = clone_table(start);
             reference_sweep(expected, plan);
-            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Best}) {
+            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Avx512, CpuKernels::Best}) {
               for (int threads : {1, 2}) {
                 cpu_kernels() = kernels;
                 at::set_num_threads(threads);
@@ -250,7 +252,7 @@ TEST_CASE("The CPU sweep equals the per-element definition bit for bit", "[sweep
       }
     }
   }
-  CHECK(cases == 4 * 2 * 2 * 9 * 6 + 2 * 2 * 2 * 9 * 6);
+  CHECK(cases == 4 * 2 * 2 * 9 * 8 + 2 * 2 * 2 * 9 * 8);
 }
 
 TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU build, both distributions, both roundings",
@@ -264,7 +266,7 @@ TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU bui
     at::Tensor patterns = at::arange(0, 3 * 65536, at::kInt).remainder_(65536).to(at::kShort);
     ParamTable start;
     start.entries.push_back({patterns.view(dtype).contiguous(), 3, 0});
-    for (double eps : {1e-30, 1e-7, 3e-3, 7.0}) {
+    for (double eps : {1e-40, 1e-30, 1e-7, 3e-3, 7.0}) {
      for (Distribution dist : {Distribution::Rademacher, Distribution::Gaussian}) {
       for (bool stochastic : {false, true}) {
         for (bool restores : {false, true}) {
@@ -278,7 +280,7 @@ TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU bui
           if (restores) plan.add_term(SweepTerm{12, 1, 0, 0, 0, 0, -eps});
           const ParamTable expected = clone_table(start);
           reference_sweep(expected, plan);
-          for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Best}) {
+          for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Avx512, CpuKernels::Best}) {
             cpu_kernels() = kernels;
             const ParamTable swept = clone_table(start);
             apply_sweep(swept, plan);
@@ -291,6 +293,58 @@ TEST_CASE("Every 16-bit pattern sweeps to the definition's bits in every CPU bui
      }
     }
   }
+}
+
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+namespace {
+struct Bf16HardwareCount {
+  uint64_t differing_normal = 0;     // lanes that are not float32 subnormals and differ: must be 0
+  uint64_t differing_subnormal = 0;  // subnormal lanes the instruction alone gets wrong
+  uint64_t fallbacks = 0;            // vectors narrow16_bf16_hardware refused
+};
+
+/// vcvtneps2bf16 against narrow16_avx512<BFloat16Storage> on every float32 pattern, 16 at a time.
+ZOTORCH_CPU_AVX512_TARGET Bf16HardwareCount compare_bf16_hardware_all_patterns() {
+  Bf16HardwareCount count;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (uint64_t base = 0; base < (uint64_t{1} << 32); base += 16) {
+    const __m512 x = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(base)), lane));
+    __m256i hardware;
+    __asm__("vcvtneps2bf16 %1, %0" : "=v"(hardware) : "v"(x));
+    const __m256i integer = _mm512_cvtepi32_epi16(narrow16_avx512<BFloat16Storage>(x));
+    const __mmask16 differ = static_cast<__mmask16>(~_mm256_cmpeq_epi16_mask(hardware, integer));
+    const __mmask16 subnormal = _mm512_fpclass_ps_mask(x, 0x20);
+    count.differing_normal += static_cast<uint64_t>(__builtin_popcount(differ & ~subnormal & 0xFFFFu));
+    count.differing_subnormal += static_cast<uint64_t>(__builtin_popcount(differ & subnormal));
+    __m256i packed;
+    if (!narrow16_bf16_hardware(x, packed)) {
+      ++count.fallbacks;
+    } else if (static_cast<__mmask16>(~_mm256_cmpeq_epi16_mask(packed, integer)) != 0) {
+      ++count.differing_normal;
+    }
+  }
+  return count;
+}
+}  // namespace
+#endif
+
+TEST_CASE("AVX512-BF16's conversion equals the bfloat16 rounding on all 2^32 float32 patterns except subnormals, "
+          "which fall back",
+          "[sweep][rounding]") {
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+  if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl")) {
+    ZOTORCH_SKIP_TEST("this CPU has no AVX512-BF16");
+  }
+  const Bf16HardwareCount count = compare_bf16_hardware_all_patterns();
+  CHECK(count.differing_normal == 0);
+  // The instruction reads subnormals as zero, so the fallback is needed.
+  CHECK(count.differing_subnormal > 0);
+  // Every vector of 16 consecutive patterns with a subnormal lane: 2 × 2^23 / 16 of them.
+  CHECK(count.fallbacks == 2 * (uint64_t{1} << 23) / 16);
+#else
+  ZOTORCH_SKIP_TEST("built without the AVX-512 sweep (GCC on x86-64 only)");
+#endif
 }
 
 TEST_CASE("A staged sweep equals a restore sweep followed by a sweep of the rest, bit for bit", "[sweep][staged]") {
@@ -319,7 +373,7 @@ TEST_CASE("A staged sweep equals a restore sweep followed by a sweep of the rest
             const ParamTable expected = clone_table(start);
             apply_sweep(expected, restore);
             apply_sweep(expected, rest);
-            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Best}) {
+            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx512, CpuKernels::Best}) {
               cpu_kernels() = kernels;
               const ParamTable swept = clone_table(start);
               apply_sweep(swept, fused);

@@ -76,6 +76,11 @@ constexpr int64_t kCpuChunk = 128;
 constexpr int64_t kCpuGrainChunks = 32;
 /// Chunks swept together: their Rademacher blocks come from one 8-lane Philox evaluation.
 constexpr int kCpuSpan = 8;
+/// Chunks swept together by a linear Rademacher sweep: the words of 32 chunks in one Philox
+/// evaluation of 32 lanes keep several independent Philox chains in flight, where 8 lanes left the
+/// pass over θ waiting on one chain's latency (docs/performance.md "16-bit sweeps"). Its s and r
+/// are 16 KiB each in float32, still in L1 beside θ's chunk.
+constexpr int kCpuRademacherSpan = 32;
 
 /// A param group's scalars resolved into the arithmetic type for one sweep.
 template <class A>
@@ -130,9 +135,11 @@ ZOTORCH_CPU_INLINE ResolvedGroup<A> resolve_group(const SweepPlan& plan, int gro
 /// Which CPU kernels sweeps may use: Best (the default) picks the widest the CPU runs; tests and
 /// benchmarks pin the others to compare them. All of them compute the same bits.
 enum class CpuKernels : uint8_t {
-  Best,      ///< AVX-512 where the CPU has it (loops: GCC builds only; Philox: GCC and Clang), else AVX2
+  Best,      ///< AVX-512 where the CPU has it (loops: GCC builds only; Philox: GCC and Clang), else AVX2;
+             ///< with AVX512-BF16's conversion where the CPU has it
   Avx2,      ///< AVX2 loops and Philox, no AVX-512
   Portable,  ///< the loops as the user's compiler flags build them
+  Avx512,    ///< Best without the optional AVX512-BF16 conversion
 };
 inline CpuKernels& cpu_kernels() {
   static CpuKernels kernels = CpuKernels::Best;
@@ -259,58 +266,61 @@ __attribute__((target("avx2"))) inline void philox_lanes_avx2(uint64_t key, uint
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-/// philox_lanes with AVX-512F, 16 lanes per register. Integer instructions only, so it needs no
-/// protection from contraction and serves Clang's AVX2 build as well as GCC's AVX-512 one.
+/// Ten Philox4x32 rounds on kGroups × 8 blocks with AVX-512F, blocks first_block + 8g + j in the
+/// 64-bit lanes j of c0[g] .. c3[g]. Each 32-bit word sits in the low half of its 64-bit lane: one
+/// vpmuludq then gives a whole product (the low word in place, the high word one shift away),
+/// with no even/odd split and blend. The high halves carry junk that no multiply reads (vpmuludq
+/// takes the low 32 bits of each lane); callers keep the low halves. Integer instructions only, so
+/// it needs no protection from contraction and serves Clang's AVX2 build as well as GCC's AVX-512 one.
+template <int kGroups>
+__attribute__((target("avx512f"))) ZOTORCH_CPU_INLINE void philox_rounds_avx512(uint64_t key, uint32_t tensor_id,
+                                                                               uint32_t probe, uint64_t first_block,
+                                                                               __m512i (&c0)[kGroups], __m512i (&c1)[kGroups],
+                                                                               __m512i (&c2)[kGroups], __m512i (&c3)[kGroups]) {
+  const __m512i mul0 = _mm512_set1_epi64(0xD2511F53u);
+  const __m512i mul1 = _mm512_set1_epi64(0xCD9E8D57u);
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+#pragma GCC unroll 4
+  for (int g = 0; g < kGroups; ++g) {
+    // The 64-bit block number: its low word in place, its high word shifted down.
+    const __m512i block = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first_block + 8 * g)), lane);
+    c0[g] = block;
+    c1[g] = _mm512_srli_epi64(block, 32);
+    c2[g] = _mm512_set1_epi32(static_cast<int>(tensor_id));
+    c3[g] = _mm512_set1_epi32(static_cast<int>(probe));
+  }
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+  for (int round = 0; round < 10; ++round) {
+    const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0)), key1 = _mm512_set1_epi32(static_cast<int>(k1));
+#pragma GCC unroll 4
+    for (int g = 0; g < kGroups; ++g) {
+      const __m512i product0 = _mm512_mul_epu32(c0[g], mul0);
+      const __m512i product1 = _mm512_mul_epu32(c2[g], mul1);
+      c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product1, 32), c1[g], key0, 0x96);  // a ^ b ^ c
+      c1[g] = product1;
+      c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product0, 32), c3[g], key1, 0x96);
+      c3[g] = product0;
+    }
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+}
+
+/// philox_lanes with AVX-512F (philox_rounds_avx512), four groups of 8 blocks at a time.
 template <int N>
 __attribute__((target("avx512f"))) inline void philox_lanes_avx512(uint64_t key, uint32_t tensor_id, uint32_t probe,
                                                                   uint64_t first_block, uint32_t (*out)[N]) {
-  static_assert(N % 16 == 0, "whole groups of 16 lanes");
-  constexpr int kGroups = N / 16 >= 2 ? 2 : 1;
-  alignas(64) uint32_t lo[N], hi[N];
-  for (int i = 0; i < N; ++i) {
-    const uint64_t block = first_block + static_cast<uint64_t>(i);
-    lo[i] = static_cast<uint32_t>(block);
-    hi[i] = static_cast<uint32_t>(block >> 32);
-  }
-  const __m512i mul0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u));
-  const __m512i mul1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
-  constexpr __mmask16 kOdd = 0xAAAA;
-  for (int g0 = 0; g0 < N; g0 += 16 * kGroups) {
+  static_assert(N == 16 || N % 32 == 0, "2 or 4 groups of 8 blocks at a time");
+  constexpr int kGroups = N == 16 ? 2 : 4;
+  for (int g0 = 0; g0 < N; g0 += 8 * kGroups) {
     __m512i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
-#pragma GCC unroll 2
+    philox_rounds_avx512<kGroups>(key, tensor_id, probe, first_block + static_cast<uint64_t>(g0), c0, c1, c2, c3);
+#pragma GCC unroll 4
     for (int g = 0; g < kGroups; ++g) {
-      c0[g] = _mm512_load_si512(lo + g0 + 16 * g);
-      c1[g] = _mm512_load_si512(hi + g0 + 16 * g);
-      c2[g] = _mm512_set1_epi32(static_cast<int>(tensor_id));
-      c3[g] = _mm512_set1_epi32(static_cast<int>(probe));
-    }
-    uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-    for (int round = 0; round < 10; ++round) {
-      const __m512i key0 = _mm512_set1_epi32(static_cast<int>(k0)), key1 = _mm512_set1_epi32(static_cast<int>(k1));
-#pragma GCC unroll 2
-      for (int g = 0; g < kGroups; ++g) {
-        const __m512i p0_even = _mm512_mul_epu32(c0[g], mul0);
-        const __m512i p0_odd = _mm512_mul_epu32(_mm512_srli_epi64(c0[g], 32), mul0);
-        const __m512i p1_even = _mm512_mul_epu32(c2[g], mul1);
-        const __m512i p1_odd = _mm512_mul_epu32(_mm512_srli_epi64(c2[g], 32), mul1);
-        const __m512i hi0 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(p0_even, 32), p0_odd);
-        const __m512i lo0 = _mm512_mask_blend_epi32(kOdd, p0_even, _mm512_slli_epi64(p0_odd, 32));
-        const __m512i hi1 = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(p1_even, 32), p1_odd);
-        const __m512i lo1 = _mm512_mask_blend_epi32(kOdd, p1_even, _mm512_slli_epi64(p1_odd, 32));
-        c0[g] = _mm512_xor_si512(_mm512_xor_si512(hi1, c1[g]), key0);
-        c1[g] = lo1;
-        c2[g] = _mm512_xor_si512(_mm512_xor_si512(hi0, c3[g]), key1);
-        c3[g] = lo0;
-      }
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
-    }
-#pragma GCC unroll 2
-    for (int g = 0; g < kGroups; ++g) {
-      _mm512_storeu_si512(&out[0][g0 + 16 * g], c0[g]);
-      _mm512_storeu_si512(&out[1][g0 + 16 * g], c1[g]);
-      _mm512_storeu_si512(&out[2][g0 + 16 * g], c2[g]);
-      _mm512_storeu_si512(&out[3][g0 + 16 * g], c3[g]);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[0][g0 + 8 * g]), _mm512_cvtepi64_epi32(c0[g]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[1][g0 + 8 * g]), _mm512_cvtepi64_epi32(c1[g]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[2][g0 + 8 * g]), _mm512_cvtepi64_epi32(c2[g]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&out[3][g0 + 8 * g]), _mm512_cvtepi64_epi32(c3[g]));
     }
   }
 }
@@ -321,7 +331,7 @@ __attribute__((target("avx512f"))) inline void philox_lanes_avx512(uint64_t key,
 
 inline bool cpu_use_avx512() {
   static const bool has = __builtin_cpu_supports("avx512f");
-  return has && cpu_kernels() == CpuKernels::Best;
+  return has && (cpu_kernels() == CpuKernels::Best || cpu_kernels() == CpuKernels::Avx512);
 }
 #endif
 #endif
@@ -526,32 +536,31 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i load_bits16_avx512(const ui
   return _mm512_cvtepu16_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(bits16)));
 }
 
-/// rounding_chunk for kChunks consecutive chunks, as 16-bit values in element order: the Philox words
-/// of the chunks' blocks written block after block (a 4×16 transpose per 16 blocks). Two chunks per
-/// call keep two independent Philox evaluations in flight.
+/// rounding_chunk for kChunks consecutive chunks, as 16-bit values in element order: block b's
+/// four words, little-endian, are the draws of elements 8b .. 8b + 7, so each block's words are
+/// joined into 128 bits straight from philox_rounds_avx512's registers (two shifts, two merges and
+/// two permutes per 8 blocks) and stored. Two chunks per call keep four independent groups of
+/// Philox chains in flight.
 template <int kChunks>
 ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void rounding_chunks16_avx512(uint64_t key, uint32_t tensor_id,
                                                                           int64_t first_chunk, uint16_t* bits16) {
   constexpr int kBlocks = static_cast<int>(kCpuChunk / kRoundingBlock) * kChunks;
-  alignas(64) uint32_t words[4][kBlocks];
-  philox_lanes_avx512<kBlocks>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(first_chunk) * (kBlocks / kChunks),
-                               words);
-  for (int g = 0; g < kBlocks; g += 16) {
-    const __m512i w0 = _mm512_load_si512(words[0] + g), w1 = _mm512_load_si512(words[1] + g);
-    const __m512i w2 = _mm512_load_si512(words[2] + g), w3 = _mm512_load_si512(words[3] + g);
-    // Within each 128-bit lane k (blocks 4k..4k+3): q_j = block 4k + j's four words.
-    const __m512i lo01 = _mm512_unpacklo_epi32(w0, w1), hi01 = _mm512_unpackhi_epi32(w0, w1);
-    const __m512i lo23 = _mm512_unpacklo_epi32(w2, w3), hi23 = _mm512_unpackhi_epi32(w2, w3);
-    const __m512i q0 = _mm512_unpacklo_epi64(lo01, lo23), q1 = _mm512_unpackhi_epi64(lo01, lo23);
-    const __m512i q2 = _mm512_unpacklo_epi64(hi01, hi23), q3 = _mm512_unpackhi_epi64(hi01, hi23);
-    // Then a 4×4 transpose of 128-bit lanes puts blocks 4k..4k+3 into output vector k.
-    const __m512i t0 = _mm512_shuffle_i32x4(q0, q1, 0x44), t1 = _mm512_shuffle_i32x4(q2, q3, 0x44);
-    const __m512i t2 = _mm512_shuffle_i32x4(q0, q1, 0xEE), t3 = _mm512_shuffle_i32x4(q2, q3, 0xEE);
-    uint16_t* out = bits16 + g * kRoundingBlock;
-    _mm512_store_si512(reinterpret_cast<__m512i*>(out), _mm512_shuffle_i32x4(t0, t1, 0x88));
-    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 32), _mm512_shuffle_i32x4(t0, t1, 0xDD));
-    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 64), _mm512_shuffle_i32x4(t2, t3, 0x88));
-    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 96), _mm512_shuffle_i32x4(t2, t3, 0xDD));
+  static_assert(kBlocks == 32, "four groups of 8 blocks");
+  __m512i c0[4], c1[4], c2[4], c3[4];
+  philox_rounds_avx512<4>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(first_chunk) * (kBlocks / kChunks), c0, c1,
+                          c2, c3);
+  const __m512i low_word = _mm512_set1_epi64(0xFFFFFFFFll);
+  // Output qword 2j of a group takes words 0-1 of block j, qword 2j + 1 words 2-3.
+  const __m512i first_half = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+  const __m512i second_half = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+#pragma GCC unroll 4
+  for (int g = 0; g < 4; ++g) {
+    // 0xEA: (a & b) | c, the low word kept, the next word moved above it.
+    const __m512i words01 = _mm512_ternarylogic_epi64(c0[g], low_word, _mm512_slli_epi64(c1[g], 32), 0xEA);
+    const __m512i words23 = _mm512_ternarylogic_epi64(c2[g], low_word, _mm512_slli_epi64(c3[g], 32), 0xEA);
+    uint16_t* out = bits16 + 8 * g * kRoundingBlock;
+    _mm512_store_si512(reinterpret_cast<__m512i*>(out), _mm512_permutex2var_epi64(words01, first_half, words23));
+    _mm512_store_si512(reinterpret_cast<__m512i*>(out + 32), _mm512_permutex2var_epi64(words01, second_half, words23));
   }
 }
 
@@ -568,13 +577,39 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 load_widen16_avx512(const ui
   return widen16_avx512<Storage>(_mm512_cvtepu16_epi32(h));
 }
 
+/// Whether the CPU converts float32 to bfloat16 in one instruction (AVX512-BF16) and Best allows it.
+inline bool cpu_use_avx512_bf16() {
+  static const bool has = __builtin_cpu_supports("avx512bf16");
+  return has && cpu_kernels() == CpuKernels::Best;
+}
+
+/// narrow16_avx512<BFloat16Storage>(y) packed to 16 bits by AVX512-BF16's vcvtneps2bf16, when no
+/// lane is a float32 subnormal (which that instruction reads as zero): for every other input, NaN
+/// included, it computes the same bits (docs/performance.md "16-bit sweeps"). False: use the
+/// integer path. Only for CPUs where cpu_use_avx512_bf16() holds.
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE bool narrow16_bf16_hardware(__m512 y, __m256i& packed) {
+  if (_mm512_fpclass_ps_mask(y, 0x20) != 0) return false;  // 0x20: subnormal
+  // In assembly: the intrinsic would need the avx512bf16 target on every function it is inlined
+  // through, and the CPU is checked at run time instead.
+  __asm__("vcvtneps2bf16 %1, %0" : "=v"(packed) : "v"(y));
+  return true;
+}
+
 /// The rounding of y to the storage type, stored at o[0..15]. float16 to nearest stores the
-/// hardware conversion directly unless a lane is NaN (narrow16_avx512 gives the same bits).
-template <class Storage, bool Stochastic>
+/// hardware conversion directly unless a lane is NaN (narrow16_avx512 gives the same bits);
+/// bfloat16 to nearest does so with HardwareBf16 (narrow16_bf16_hardware).
+template <class Storage, bool Stochastic, bool HardwareBf16 = false>
 ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __m512 y, const uint16_t* bits16) {
   if constexpr (!Stochastic && std::is_same_v<Storage, Float16Storage>) {
     if (_mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q) == 0) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      return;
+    }
+  }
+  if constexpr (!Stochastic && HardwareBf16 && std::is_same_v<Storage, BFloat16Storage>) {
+    __m256i packed;
+    if (narrow16_bf16_hardware(y, packed)) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), packed);
       return;
     }
   }
@@ -589,9 +624,13 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __
 }
 
 /// restore_value(_stochastic)<Storage>(x, r) of 16 lanes.
-template <class Storage, bool Stochastic>
+template <class Storage, bool Stochastic, bool HardwareBf16 = false>
 ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, __m512 r, const uint16_t* bits16) {
   const __m512 sum = _mm512_add_ps(x, r);
+  if constexpr (!Stochastic && HardwareBf16 && std::is_same_v<Storage, BFloat16Storage>) {
+    __m256i packed;
+    if (narrow16_bf16_hardware(sum, packed)) return widen16_avx512<Storage>(_mm512_cvtepu16_epi32(packed));
+  }
   if constexpr (Stochastic) {
     return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, load_bits16_avx512(bits16)));
   } else {
@@ -604,13 +643,20 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, 
 /// CpuChunks::finish_linear's paths with a last term (plain, staged with the restore in the last
 /// term, staged with stored restores), element for element. Rademacher signs come from the
 /// Philox words as masks; Gaussian values from gaussian_chunk, as the portable loop draws them.
-template <class Storage, Distribution Dist, bool Stochastic, bool Partial>
+template <class Storage, Distribution Dist, bool Stochastic, bool Partial, int Span, bool HardwareBf16 = false>
 ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
     uint16_t* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan, float keep, const float* s,
     float c, const uint32_t* last_words, const SweepTerm* last, bool staged, const float* restores, float cr) {
   const __m512 keep_v = _mm512_set1_ps(keep), c_v = _mm512_set1_ps(c), cr_v = _mm512_set1_ps(cr);
   const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
   const __m512 zero = _mm512_setzero_ps();
+  // Rademacher without a partial sum: 0 + (±c) is ±c itself unless c is ±0, where it is +0 for both
+  // signs. So the sum is a sign flip of c' = (c == 0 ? +0 : c) by flip = (c == 0 ? no bit : the sign
+  // bit), one instruction fewer per 16 elements, the same bits (also for NaN c: the later add
+  // quietens it either way). Likewise for cr, which r = 0 + cr·z takes when no restores are stored.
+  const bool c_zero = c == 0.0f, cr_zero = cr == 0.0f;
+  const __m512 c_flip_v = c_zero ? zero : c_v, c_flip_bit = c_zero ? zero : sign_bit;
+  const __m512 cr_flip_v = cr_zero ? zero : cr_v, cr_flip_bit = cr_zero ? zero : sign_bit;
   // The rounding draws of two chunks at a time; chunk ch uses half ch % 2.
   alignas(64) uint16_t bits16_pair[Stochastic ? 2 * kCpuChunk : 1];
   alignas(64) uint16_t restore_bits16_pair[Stochastic ? 2 * kCpuChunk : 1];
@@ -634,27 +680,40 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
     for (int i = 0; i < kCpuChunk; i += 16) {
       // c·z and cr·z: a sign flip where the Rademacher bit is set (accumulate_sign), or the product
       // with the Gaussian value (accumulate_value).
-      __m512 c_z, cr_z;
+      __m512 c_z, cr_z, direction, restore;
+      const __m512 x_in = load_widen16_avx512<Storage>(o + i);
       if constexpr (Dist == Distribution::Rademacher) {
-        const __mmask16 negative = static_cast<__mmask16>(last_words[(i / 32) * kCpuSpan + ch] >> (i % 32));
-        c_z = _mm512_mask_xor_ps(c_v, negative, c_v, sign_bit);
-        cr_z = _mm512_mask_xor_ps(cr_v, negative, cr_v, sign_bit);
+        const __mmask16 negative = static_cast<__mmask16>(last_words[(i / 32) * Span + ch] >> (i % 32));
+        if constexpr (Partial) {
+          c_z = _mm512_mask_xor_ps(c_v, negative, c_v, sign_bit);
+          direction = _mm512_add_ps(_mm512_load_ps(sc + i), c_z);
+        } else {
+          direction = _mm512_mask_xor_ps(c_flip_v, negative, c_flip_v, c_flip_bit);  // = 0 + c·z
+        }
+        if (staged) {
+          if (restores != nullptr) {
+            cr_z = _mm512_mask_xor_ps(cr_v, negative, cr_v, sign_bit);
+            restore = _mm512_add_ps(_mm512_load_ps(restores + ch * kCpuChunk + i), cr_z);
+          } else {
+            restore = _mm512_mask_xor_ps(cr_flip_v, negative, cr_flip_v, cr_flip_bit);  // = 0 + cr·z
+          }
+        }
       } else {
         const __m512 z_v = _mm512_load_ps(z + i);
         c_z = _mm512_mul_ps(c_v, z_v);
         cr_z = _mm512_mul_ps(cr_v, z_v);
+        direction = _mm512_add_ps(Partial ? _mm512_load_ps(sc + i) : zero, c_z);
+        if (staged) {
+          const __m512 stored = restores != nullptr ? _mm512_load_ps(restores + ch * kCpuChunk + i) : zero;
+          restore = _mm512_add_ps(stored, cr_z);
+        }
       }
-      const __m512 x_in = load_widen16_avx512<Storage>(o + i);
-      const __m512 partial = Partial ? _mm512_load_ps(sc + i) : zero;
-      const __m512 direction = _mm512_add_ps(partial, c_z);
       __m512 x = x_in;
       if (staged) {
-        const __m512 stored = restores != nullptr ? _mm512_load_ps(restores + ch * kCpuChunk + i) : zero;
-        x = restored16_avx512<Storage, Stochastic>(x_in, _mm512_add_ps(stored, cr_z),
-                                                   restore_bits16 + (Stochastic ? i : 0));
+        x = restored16_avx512<Storage, Stochastic, HardwareBf16>(x_in, restore, restore_bits16 + (Stochastic ? i : 0));
       }
       const __m512 y = _mm512_add_ps(_mm512_mul_ps(keep_v, x), direction);
-      store16_avx512<Storage, Stochastic>(o + i, y, bits16 + (Stochastic ? i : 0));
+      store16_avx512<Storage, Stochastic, HardwareBf16>(o + i, y, bits16 + (Stochastic ? i : 0));
     }
   }
 }
@@ -673,10 +732,11 @@ template <class Storage, Distribution Dist, bool Adaptive, bool Stochastic, bool
 struct CpuChunks {
   using S = typename Storage::storage;
   using A = typename Storage::acc;
-  static constexpr int kElements = kCpuSpan * static_cast<int>(kCpuChunk);
+  static constexpr int kSpan = Dist == Distribution::Rademacher && !Adaptive ? kCpuRademacherSpan : kCpuSpan;
+  static constexpr int kElements = kSpan * static_cast<int>(kCpuChunk);
   static constexpr int kMoments = Adaptive ? kElements : 1;
 
-  /// Sweeps chunks first_chunk .. first_chunk + n - 1 (1 ≤ n ≤ kCpuSpan), all full, at `out`.
+  /// Sweeps chunks first_chunk .. first_chunk + n - 1 (1 ≤ n ≤ kSpan), all full, at `out`.
   /// Terms before the last accumulate into s (m, v) in L1; the last term of a linear sweep is added
   /// in the pass that reads and writes θ, so a one-term sweep (every perturbation) keeps s in
   /// registers and touches each element once. In a staged sweep the restore terms also accumulate
@@ -724,8 +784,8 @@ struct CpuChunks {
       const A c = group.coefficient[k];
       const A cr = group.restore[k];
       if constexpr (Dist == Distribution::Rademacher) {
-        alignas(64) uint32_t words[4][kCpuSpan];
-        philox_batch<Avx2, kCpuSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words);
+        alignas(64) uint32_t words[4][kSpan];
+        philox_batch<Avx2, kSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words);
         for (int ch = 0; ch < n; ++ch) {
           for (int q = 0; q < 4; ++q) {
             const uint32_t word = words[q][ch];
@@ -785,9 +845,9 @@ struct CpuChunks {
       const SweepTerm& last = plan.terms[stored];
       const A c = group.coefficient[stored];
       const A cr = group.restore[stored];
-      alignas(64) uint32_t words[4][kCpuSpan];
+      alignas(64) uint32_t words[4][kSpan];
       if constexpr (Dist == Distribution::Rademacher) {
-        philox_batch<Avx2, kCpuSpan>(last.key, tensor_id, last.probe, static_cast<uint64_t>(first_chunk), words);
+        philox_batch<Avx2, kSpan>(last.key, tensor_id, last.probe, static_cast<uint64_t>(first_chunk), words);
       }
       if (stored > 0) {
         finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, c, &words[0][0], &last, staged, restores, cr);
@@ -809,11 +869,11 @@ struct CpuChunks {
   template <int G>
   ZOTORCH_CPU_INLINE static void accumulate_signs(A* s, int first_term, int64_t first_chunk, int n, uint32_t tensor_id,
                                                   const SweepPlan& plan, const ResolvedGroup<A>& group) {
-    alignas(64) uint32_t words[G][4][kCpuSpan];
+    alignas(64) uint32_t words[G][4][kSpan];
     A c[G];
     for (int g = 0; g < G; ++g) {
       const SweepTerm& term = plan.terms[first_term + g];
-      philox_batch<Avx2, kCpuSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words[g]);
+      philox_batch<Avx2, kSpan>(term.key, tensor_id, term.probe, static_cast<uint64_t>(first_chunk), words[g]);
       c[g] = group.coefficient[first_term + g];
     }
     for (int ch = 0; ch < n; ++ch) {
@@ -867,7 +927,7 @@ struct CpuChunks {
     if constexpr (Dist == Distribution::Rademacher) {
       (void)last;
       for (int q = 0; q < 4; ++q) {
-        const uint32_t word = last_words[q * kCpuSpan + ch];
+        const uint32_t word = last_words[q * kSpan + ch];
         for (int b = 0; b < 32; ++b) {
           const int i = 32 * q + b;
           const uint32_t mask = sign_mask_of_bit(word, b);
@@ -901,7 +961,14 @@ struct CpuChunks {
 #if defined(ZOTORCH_CPU_AVX512_SWEEP)
     if constexpr (Avx512 && Storage::is_16_bit) {
       if (last != nullptr) {
-        finish16_avx512<Storage, Dist, Stochastic, Partial>(out, first_chunk, n, tensor_id, plan, keep, s, c,
+        if constexpr (std::is_same_v<Storage, BFloat16Storage> && !Stochastic) {
+          if (cpu_use_avx512_bf16()) {
+            finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan, true>(out, first_chunk, n, tensor_id, plan, keep, s, c,
+                                                                      last_words, last, staged, restores, cr);
+            return;
+          }
+        }
+        finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan>(out, first_chunk, n, tensor_id, plan, keep, s, c,
                                                             last_words, last, staged, restores, cr);
         return;
       }
@@ -925,7 +992,7 @@ struct CpuChunks {
                              [rc](int i) { return rc[i]; });
       } else if constexpr (Dist == Distribution::Rademacher) {
         for (int q = 0; q < 4; ++q) {
-          const uint32_t word = last_words[q * kCpuSpan + ch];
+          const uint32_t word = last_words[q * kSpan + ch];
           for (int b = 0; b < 32; ++b) {
             const int i = 32 * q + b;
             const A partial = Partial ? sc[i] : A(0);
@@ -981,8 +1048,8 @@ struct CpuChunks {
                                      const ResolvedGroup<A>& group, int64_t chunk_begin, int64_t chunk_end) {
     const int64_t full_chunks = numel / kCpuChunk;
     const int64_t full_end = std::min(chunk_end, full_chunks);
-    for (int64_t chunk = chunk_begin; chunk < full_end; chunk += kCpuSpan) {
-      const int n = static_cast<int>(std::min<int64_t>(kCpuSpan, full_end - chunk));
+    for (int64_t chunk = chunk_begin; chunk < full_end; chunk += kSpan) {
+      const int n = static_cast<int>(std::min<int64_t>(kSpan, full_end - chunk));
       sweep(data + chunk * kCpuChunk, chunk, n, tensor_id, plan, group);
     }
     if (full_chunks >= chunk_begin && full_chunks < chunk_end) {
@@ -1033,7 +1100,7 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) ZOTORCH_CPU_NO_CON
 inline bool cpu_use_avx512_sweep() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-  return has && cpu_kernels() == CpuKernels::Best;
+  return has && (cpu_kernels() == CpuKernels::Best || cpu_kernels() == CpuKernels::Avx512);
 }
 #endif
 
