@@ -631,6 +631,13 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, 
     __m256i packed;
     if (narrow16_bf16_hardware(sum, packed)) return widen16_avx512<Storage>(_mm512_cvtepu16_epi32(packed));
   }
+  if constexpr (!Stochastic && std::is_same_v<Storage, Float16Storage>) {
+    // Both hardware conversions, as store16_avx512 and load_widen16_avx512 take them: the same
+    // numbers, ±inf included, unless a lane is NaN.
+    if (_mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q) == 0) {
+      return _mm512_cvtph_ps(_mm512_cvtps_ph(sum, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+  }
   if constexpr (Stochastic) {
     return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, load_bits16_avx512(bits16)));
   } else {
@@ -646,7 +653,8 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, 
 template <class Storage, Distribution Dist, bool Stochastic, bool Partial, int Span, bool HardwareBf16 = false>
 ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
     uint16_t* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan, float keep, const float* s,
-    float c, const uint32_t* last_words, const SweepTerm* last, bool staged, const float* restores, float cr) {
+    float c, const uint32_t* last_words, const SweepTerm* last, bool staged, const float* restores, float cr,
+    const uint32_t* first_words = nullptr, float c0 = 0.0f) {
   const __m512 keep_v = _mm512_set1_ps(keep), c_v = _mm512_set1_ps(c), cr_v = _mm512_set1_ps(cr);
   const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
   const __m512 zero = _mm512_setzero_ps();
@@ -657,6 +665,10 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
   const bool c_zero = c == 0.0f, cr_zero = cr == 0.0f;
   const __m512 c_flip_v = c_zero ? zero : c_v, c_flip_bit = c_zero ? zero : sign_bit;
   const __m512 cr_flip_v = cr_zero ? zero : cr_v, cr_flip_bit = cr_zero ? zero : sign_bit;
+  // With first_words, the partial sum s = 0 + c0·z0 of one stored Rademacher term, formed here
+  // instead of in a pass over s before this one.
+  const bool c0_zero = c0 == 0.0f;
+  const __m512 c0_flip_v = c0_zero ? zero : _mm512_set1_ps(c0), c0_flip_bit = c0_zero ? zero : sign_bit;
   // The rounding draws of two chunks at a time; chunk ch uses half ch % 2.
   alignas(64) uint16_t bits16_pair[Stochastic ? 2 * kCpuChunk : 1];
   alignas(64) uint16_t restore_bits16_pair[Stochastic ? 2 * kCpuChunk : 1];
@@ -686,7 +698,14 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
         const __mmask16 negative = static_cast<__mmask16>(last_words[(i / 32) * Span + ch] >> (i % 32));
         if constexpr (Partial) {
           c_z = _mm512_mask_xor_ps(c_v, negative, c_v, sign_bit);
-          direction = _mm512_add_ps(_mm512_load_ps(sc + i), c_z);
+          __m512 partial;
+          if (first_words != nullptr) {
+            const __mmask16 negative0 = static_cast<__mmask16>(first_words[(i / 32) * Span + ch] >> (i % 32));
+            partial = _mm512_mask_xor_ps(c0_flip_v, negative0, c0_flip_v, c0_flip_bit);  // = 0 + c0·z0
+          } else {
+            partial = _mm512_load_ps(sc + i);
+          }
+          direction = _mm512_add_ps(partial, c_z);
         } else {
           direction = _mm512_mask_xor_ps(c_flip_v, negative, c_flip_v, c_flip_bit);  // = 0 + c·z
         }
@@ -754,6 +773,23 @@ struct CpuChunks {
     // r is needed only when a term before the final pass restores: FZOO's and MeZO's transitions
     // put their one restore term last (Step::sweep_to), so their r stays in registers.
     const bool stored_restores = staged && (Adaptive || !no_restore(group, 0, stored));
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+    if constexpr (Avx512 && Storage::is_16_bit && Dist == Distribution::Rademacher && !Adaptive) {
+      // Two terms, the first without a restore (FZOO's probe transition: remove one probe, add the
+      // next): the pass over θ forms s = 0 + c0·z0 from the first term's signs itself, so s never
+      // goes through memory. Same operations, same order.
+      if (stored == 1 && fused == 1 && !stored_restores) {
+        alignas(64) uint32_t first_words[4][kSpan], last_words[4][kSpan];
+        const SweepTerm& first = plan.terms[0];
+        const SweepTerm& last = plan.terms[1];
+        philox_batch<Avx2, kSpan>(first.key, tensor_id, first.probe, static_cast<uint64_t>(first_chunk), first_words);
+        philox_batch<Avx2, kSpan>(last.key, tensor_id, last.probe, static_cast<uint64_t>(first_chunk), last_words);
+        finish_linear<true>(out, first_chunk, n, tensor_id, plan, group, s, group.coefficient[1], &last_words[0][0], &last,
+                            staged, nullptr, group.restore[1], &first_words[0][0], group.coefficient[0]);
+        return;
+      }
+    }
+#endif
     if (Adaptive || stored > 0) {
       for (int i = 0; i < count; ++i) s[i] = A(0);
     }
@@ -956,20 +992,21 @@ struct CpuChunks {
   ZOTORCH_CPU_INLINE static void finish_linear(S* out, int64_t first_chunk, int n, uint32_t tensor_id,
                                                const SweepPlan& plan, const ResolvedGroup<A>& group, const A* s, A c,
                                                const uint32_t* last_words, const SweepTerm* last = nullptr,
-                                               bool staged = false, const A* restores = nullptr, A cr = A(0)) {
+                                               bool staged = false, const A* restores = nullptr, A cr = A(0),
+                                               const uint32_t* first_words = nullptr, A c0 = A(0)) {
     const A keep = group.keep;
 #if defined(ZOTORCH_CPU_AVX512_SWEEP)
     if constexpr (Avx512 && Storage::is_16_bit) {
       if (last != nullptr) {
         if constexpr (std::is_same_v<Storage, BFloat16Storage> && !Stochastic) {
           if (cpu_use_avx512_bf16()) {
-            finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan, true>(out, first_chunk, n, tensor_id, plan, keep, s, c,
-                                                                      last_words, last, staged, restores, cr);
+            finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan, true>(
+                out, first_chunk, n, tensor_id, plan, keep, s, c, last_words, last, staged, restores, cr, first_words, c0);
             return;
           }
         }
         finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan>(out, first_chunk, n, tensor_id, plan, keep, s, c,
-                                                            last_words, last, staged, restores, cr);
+                                                                   last_words, last, staged, restores, cr, first_words, c0);
         return;
       }
     }
