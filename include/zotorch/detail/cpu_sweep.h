@@ -78,8 +78,8 @@ constexpr int64_t kCpuGrainChunks = 32;
 constexpr int kCpuSpan = 8;
 /// Chunks swept together by a linear Rademacher sweep: the words of 32 chunks in one Philox
 /// evaluation of 32 lanes keep several independent Philox chains in flight, where 8 lanes left the
-/// pass over θ waiting on one chain's latency (docs/performance.md "16-bit sweeps"). Its s and r
-/// are 16 KiB each in float32, still in L1 beside θ's chunk.
+/// pass over θ waiting on one chain's latency (docs/performance.md "Rademacher sweeps at the memory
+/// limit"). Its s and r are 16 KiB each in float32 (32 KiB in float64).
 constexpr int kCpuRademacherSpan = 32;
 
 /// A param group's scalars resolved into the arithmetic type for one sweep.
@@ -306,7 +306,8 @@ __attribute__((target("avx512f"))) ZOTORCH_CPU_INLINE void philox_rounds_avx512(
   }
 }
 
-/// philox_lanes with AVX-512F (philox_rounds_avx512), four groups of 8 blocks at a time.
+/// philox_lanes with AVX-512F (philox_rounds_avx512): groups of 8 blocks, four at a time (two when N
+/// is 16).
 template <int N>
 __attribute__((target("avx512f"))) inline void philox_lanes_avx512(uint64_t key, uint32_t tensor_id, uint32_t probe,
                                                                   uint64_t first_block, uint32_t (*out)[N]) {
@@ -585,8 +586,8 @@ inline bool cpu_use_avx512_bf16() {
 
 /// narrow16_avx512<BFloat16Storage>(y) packed to 16 bits by AVX512-BF16's vcvtneps2bf16, when no
 /// lane is a float32 subnormal (which that instruction reads as zero): for every other input, NaN
-/// included, it computes the same bits (docs/performance.md "16-bit sweeps"). False: use the
-/// integer path. Only for CPUs where cpu_use_avx512_bf16() holds.
+/// included, it computes the same bits (docs/performance.md "Rademacher sweeps at the memory
+/// limit"). False: use the integer path. Only for CPUs where cpu_use_avx512_bf16() holds.
 ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE bool narrow16_bf16_hardware(__m512 y, __m256i& packed) {
   if (_mm512_fpclass_ps_mask(y, 0x20) != 0) return false;  // 0x20: subnormal
   // In assembly: the intrinsic would need the avx512bf16 target on every function it is inlined
