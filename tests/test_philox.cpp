@@ -7,6 +7,8 @@
 #include <ATen/core/PhiloxRNGEngine.h>
 #include <catch2/catch.hpp>
 
+#include "skip.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -176,6 +178,58 @@ TEST_CASE("sincos_turns is accurate to 2e-7 absolute on every angle the Gaussian
   CHECK(outside_unit == 0);
 }
 
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+namespace {
+/// Counts the uniforms k << 9 (k in [begin, begin + count), count a multiple of W) whose W-lane
+/// uniform, log_unit or sincos_turns differs in any bit from the scalar function's. Inlined into
+/// the ISA's own function below, as the sweeps inline it.
+template <int W>
+ZOTORCH_CPU_INLINE int lane_transform_mismatches(uint32_t begin, uint32_t count) {
+  using G = GaussianLanes<W>;
+  int mismatches = 0;
+  for (uint32_t k = begin; k < begin + count; k += W) {
+    typename G::U words;
+    for (uint32_t i = 0; i < W; ++i) words[i] = (k + i) << 9;
+    typename G::F u, log_u, cosine, sine;
+    G::open_uniform(words, u);
+    G::log_unit(u, log_u);
+    G::sincos_turns(u, cosine, sine);
+    for (int i = 0; i < W; ++i) {
+      const float expected_u = open_uniform(words[i]);
+      const SinCos sc = sincos_turns(expected_u);
+      mismatches += float_bits(u[i]) != float_bits(expected_u);
+      mismatches += float_bits(log_u[i]) != float_bits(log_unit(expected_u));
+      mismatches += float_bits(cosine[i]) != float_bits(sc.cos);
+      mismatches += float_bits(sine[i]) != float_bits(sc.sin);
+    }
+  }
+  return mismatches;
+}
+__attribute__((target("avx2"))) ZOTORCH_CPU_NO_CONTRACT int avx2_transform_mismatches() {
+  return lane_transform_mismatches<8>(0, 1u << 23);
+}
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) ZOTORCH_CPU_NO_CONTRACT int
+avx512_transform_mismatches() {
+  return lane_transform_mismatches<16>(0, 1u << 23);
+}
+#endif
+}  // namespace
+
+TEST_CASE("The AVX2 and AVX-512 uniform, log_unit and sincos_turns equal philox.h's on all 2^23 uniforms",
+          "[philox]") {
+  if (!__builtin_cpu_supports("avx2")) ZOTORCH_SKIP_TEST("this CPU has no AVX2");
+  CHECK(avx2_transform_mismatches() == 0);
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+  // The 16-lane build has FMA instructions: this also shows that none was fused in.
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl")) {
+    CHECK(avx512_transform_mismatches() == 0);
+  }
+#endif
+}
+#endif
+
 TEST_CASE("The CPU's batched Gaussian equals gaussian4 bit for bit in every build", "[philox]") {
   const CpuKernels saved = cpu_kernels();
   std::mt19937_64 rng(11);
@@ -186,19 +240,29 @@ TEST_CASE("The CPU's batched Gaussian equals gaussian4 bit for bit in every buil
       const uint64_t key = rng();
       const uint32_t tensor_id = static_cast<uint32_t>(rng() % 1000), probe = static_cast<uint32_t>(rng() % 16);
       const int64_t chunk = static_cast<int64_t>(rng() % (int64_t{1} << 30));
-      alignas(64) float z[kCpuChunk];
+      // z: the batch the sweeps of these kernels use; portable: the loops of the build without
+      // dispatch, compiled for this function's target.
+      alignas(64) float z[kCpuChunk], portable[kCpuChunk];
+      gaussian_chunk<false>(key, tensor_id, probe, chunk, portable);
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+      if (cpu_use_avx512_sweep()) {
+        gaussian_chunk<true, true>(key, tensor_id, probe, chunk, z);
+      } else
+#endif
 #if defined(ZOTORCH_CPU_AVX2_DISPATCH)
       if (cpu_use_avx2()) {
         gaussian_chunk<true>(key, tensor_id, probe, chunk, z);
-      } else {
+      } else
+#endif
+      {
         gaussian_chunk<false>(key, tensor_id, probe, chunk, z);
       }
-#else
-      gaussian_chunk<false>(key, tensor_id, probe, chunk, z);
-#endif
       for (int b = 0; b < kCpuChunk / 4; ++b) {
         const Normals4 ref = gaussian4(noise_block(key, tensor_id, probe, static_cast<uint64_t>(chunk) * 32 + b));
-        for (int q = 0; q < 4; ++q) mismatches += float_bits(ref.z[q]) != float_bits(z[4 * b + q]);
+        for (int q = 0; q < 4; ++q) {
+          mismatches += float_bits(ref.z[q]) != float_bits(z[4 * b + q]);
+          mismatches += float_bits(ref.z[q]) != float_bits(portable[4 * b + q]);
+        }
       }
     }
     INFO("kernels " << static_cast<int>(kernels));

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -390,9 +391,197 @@ ZOTORCH_CPU_INLINE void sqrt_lanes(const double* in, double* out, int n) {
 #endif
 }
 
-/// gaussian4 of 32 consecutive blocks: z[0..127] = the Gaussian direction of one chunk.
-template <bool Avx2>
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+/// open_uniform, log_unit and sincos_turns of philox.h on W lanes at once, written once with the
+/// GCC/Clang vector extensions: inlined into a function built for AVX2 (W = 8) or AVX-512 (W = 16),
+/// each operator becomes one instruction of that ISA. The same operations in the same order as the
+/// scalar functions, so the same bits (tests/test_philox.cpp checks every uniform); no FMA can
+/// appear, as the callers compile with contraction off. Vectors go in and out by reference: by
+/// value, a vector wider than the ISA the function is compiled for changes the ABI, which GCC warns
+/// about. Casts between vector types of one size reinterpret the bits.
+template <int W>
+struct Lanes;
+// One specialisation per width: GCC 12 rejects __builtin_convertvector on a type that depends on a
+// template parameter.
+#define ZOTORCH_CPU_LANES(width)                                                                          \
+  template <>                                                                                             \
+  struct Lanes<width> {                                                                                   \
+    typedef float F __attribute__((vector_size(4 * (width))));                                            \
+    typedef int32_t I __attribute__((vector_size(4 * (width))));                                          \
+    typedef uint32_t U __attribute__((vector_size(4 * (width))));                                         \
+    /* int32 → float rounds to nearest, float → int32 truncates, as static_cast does */                  \
+    static ZOTORCH_CPU_INLINE void convert(const I& in, F& out) { out = __builtin_convertvector(in, F); } \
+    static ZOTORCH_CPU_INLINE void convert(const F& in, I& out) { out = __builtin_convertvector(in, I); } \
+  };
+ZOTORCH_CPU_LANES(8)
+ZOTORCH_CPU_LANES(16)
+#undef ZOTORCH_CPU_LANES
+
+template <int W>
+struct GaussianLanes {
+  using L = Lanes<W>;
+  using F = typename L::F;
+  using I = typename L::I;
+  using U = typename L::U;
+
+  static ZOTORCH_CPU_INLINE void open_uniform(const U& word, F& u) {
+    L::convert((I)(((word >> 9) << 1) | 1u), u);
+    u *= 5.9604644775390625e-8f;  // 2^-24
+  }
+
+  static ZOTORCH_CPU_INLINE void log_unit(const F& u, F& log_u) {
+    using P = GaussianPoly;
+    const U bits = (U)u;
+    const U m_bits = (bits & 0x007FFFFFu) | 0x3F800000u;
+    const I above = (I)m_bits > 0x3FB504F3;  // -1 where m is halved; both sides positive as int32
+    const F m = (F)(m_bits + ((U)above & 0xFF800000u));  // m_bits − 2^23 there: exponent − 1
+    const I exponent = ((I)(bits >> 23) & 0xFF) - 127 - above;
+    const F f = m - 1.0f;
+    const F s = f / (2.0f + f);
+    const F s2 = s * s;
+    F poly = P::kLog6 + s2 * P::kLog8;
+    poly = P::kLog4 + s2 * poly;
+    poly = P::kLog2 + s2 * poly;
+    const F log_m = (2.0f * s) * (1.0f + s2 * poly);
+    F e;
+    L::convert(exponent, e);
+    log_u = e * P::kLn2Hi + (log_m + e * P::kLn2Lo);
+  }
+
+  static ZOTORCH_CPU_INLINE void sincos_turns(const F& t, F& cos_out, F& sin_out) {
+    using P = GaussianPoly;
+    // t·4 + ½ > 0, so the truncating conversion is the floor that static_cast<int32_t> gives.
+    I quarter_turns_i;
+    L::convert(t * 4.0f + 0.5f, quarter_turns_i);
+    F quarter_turns;
+    L::convert(quarter_turns_i, quarter_turns);
+    const F r = t - quarter_turns * 0.25f;
+    const F r2 = r * r;
+    F sp = P::kSin9 + r2 * P::kSin11;
+    sp = P::kSin7 + r2 * sp;
+    sp = P::kSin5 + r2 * sp;
+    sp = P::kSin3 + r2 * sp;
+    sp = P::kSin1 + r2 * sp;
+    const F sin_r = r * sp;
+    F cp = P::kCos10 + r2 * P::kCos12;
+    cp = P::kCos8 + r2 * cp;
+    cp = P::kCos6 + r2 * cp;
+    cp = P::kCos4 + r2 * cp;
+    cp = P::kCos2 + r2 * cp;
+    const F cos_r = 1.0f + r2 * cp;
+    // The quadrant's swap and sign flips, as in sincos_turns.
+    const I odd = (quarter_turns_i & 1) != 0;
+    const U cos_sign = (U)((quarter_turns_i + 1) & 2) << 30;
+    const U sin_sign = (U)(quarter_turns_i & 2) << 30;
+    cos_out = (F)((U)(odd ? sin_r : cos_r) ^ cos_sign);
+    sin_out = (F)((U)(odd ? cos_r : sin_r) ^ sin_sign);
+  }
+
+  /// The Box-Muller pair p of blocks g..g+W−1 of words (radius from word 2p, angle from 2p + 1, as
+  /// gaussian4): −2·ln u, which the caller's ISA takes the square root of, and cos, sin.
+  template <int N>
+  static ZOTORCH_CPU_INLINE void pair(const uint32_t (*words)[N], int p, int g, F& radius_sq, F& cosine, F& sine) {
+    U radius_word, angle_word;
+    std::memcpy(&radius_word, &words[2 * p][g], sizeof(U));
+    std::memcpy(&angle_word, &words[2 * p + 1][g], sizeof(U));
+    F radius_u, angle_u, log_u;
+    open_uniform(radius_word, radius_u);
+    open_uniform(angle_word, angle_u);
+    log_unit(radius_u, log_u);
+    radius_sq = -2.0f * log_u;
+    sincos_turns(angle_u, cosine, sine);
+  }
+};
+
+/// gaussian_chunk for AVX2: Philox words to normals in registers, then a 4 × 8 transpose into
+/// element order. The auto-vectorised loops store and reload every intermediate instead
+/// (docs/performance.md "Gaussian directions").
+__attribute__((target("avx2"))) ZOTORCH_CPU_NO_CONTRACT inline void gaussian_chunk_avx2(
+    uint64_t key, uint32_t tensor_id, uint32_t probe, int64_t chunk, float* z) {
+  using G = GaussianLanes<8>;
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kGaussianBlock);
+  alignas(64) uint32_t words[4][kBlocks];
+  philox_batch<true, kBlocks>(key, tensor_id, probe, static_cast<uint64_t>(chunk) * kBlocks, words);
+  for (int g = 0; g < kBlocks; g += 8) {
+    __m256 normal[4];  // normal[q] lane b is z[4·(g + b) + q]
+    for (int p = 0; p < 2; ++p) {
+      G::F radius_sq, cosine, sine;
+      G::pair(words, p, g, radius_sq, cosine, sine);
+      const __m256 radius = _mm256_sqrt_ps((__m256)radius_sq);
+      normal[2 * p] = _mm256_mul_ps(radius, (__m256)cosine);
+      normal[2 * p + 1] = _mm256_mul_ps(radius, (__m256)sine);
+    }
+    const __m256 t0 = _mm256_unpacklo_ps(normal[0], normal[1]);  // b0q0 b0q1 b1q0 b1q1 | b4.. b5..
+    const __m256 t1 = _mm256_unpackhi_ps(normal[0], normal[1]);  // b2, b3 | b6, b7
+    const __m256 t2 = _mm256_unpacklo_ps(normal[2], normal[3]);
+    const __m256 t3 = _mm256_unpackhi_ps(normal[2], normal[3]);
+    const __m256 b04 = _mm256_shuffle_ps(t0, t2, 0x44), b15 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 b26 = _mm256_shuffle_ps(t1, t3, 0x44), b37 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    float* out = z + 4 * g;
+    _mm256_storeu_ps(out, _mm256_permute2f128_ps(b04, b15, 0x20));
+    _mm256_storeu_ps(out + 8, _mm256_permute2f128_ps(b26, b37, 0x20));
+    _mm256_storeu_ps(out + 16, _mm256_permute2f128_ps(b04, b15, 0x31));
+    _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(b26, b37, 0x31));
+  }
+}
+#endif
+
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"  // GCC bug 105593, as at philox_lanes_avx512
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+/// gaussian_chunk_avx2 on 16 lanes: the transpose is 4 × 4 within each 128-bit lane, then 4 × 4
+/// of the 128-bit lanes themselves.
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) ZOTORCH_CPU_NO_CONTRACT inline void
+gaussian_chunk_avx512(uint64_t key, uint32_t tensor_id, uint32_t probe, int64_t chunk, float* z) {
+  using G = GaussianLanes<16>;
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kGaussianBlock);
+  alignas(64) uint32_t words[4][kBlocks];
+  philox_batch<true, kBlocks>(key, tensor_id, probe, static_cast<uint64_t>(chunk) * kBlocks, words);
+  for (int g = 0; g < kBlocks; g += 16) {
+    __m512 normal[4];  // normal[q] lane b is z[4·(g + b) + q]
+    for (int p = 0; p < 2; ++p) {
+      G::F radius_sq, cosine, sine;
+      G::pair(words, p, g, radius_sq, cosine, sine);
+      const __m512 radius = _mm512_sqrt_ps((__m512)radius_sq);
+      normal[2 * p] = _mm512_mul_ps(radius, (__m512)cosine);
+      normal[2 * p + 1] = _mm512_mul_ps(radius, (__m512)sine);
+    }
+    // In each 128-bit lane k (blocks 4k..4k+3): block_j holds block 4k + j's four normals.
+    const __m512 t0 = _mm512_unpacklo_ps(normal[0], normal[1]), t1 = _mm512_unpackhi_ps(normal[0], normal[1]);
+    const __m512 t2 = _mm512_unpacklo_ps(normal[2], normal[3]), t3 = _mm512_unpackhi_ps(normal[2], normal[3]);
+    const __m512 block0 = _mm512_shuffle_ps(t0, t2, 0x44), block1 = _mm512_shuffle_ps(t0, t2, 0xEE);
+    const __m512 block2 = _mm512_shuffle_ps(t1, t3, 0x44), block3 = _mm512_shuffle_ps(t1, t3, 0xEE);
+    // 128-bit lanes: y0 = b0 b8 b1 b9, y1 = b2 b10 b3 b11, y2 = b4 b12 b5 b13, y3 = b6 b14 b7 b15.
+    const __m512 y0 = _mm512_shuffle_f32x4(block0, block1, 0x88), y1 = _mm512_shuffle_f32x4(block2, block3, 0x88);
+    const __m512 y2 = _mm512_shuffle_f32x4(block0, block1, 0xDD), y3 = _mm512_shuffle_f32x4(block2, block3, 0xDD);
+    float* out = z + 4 * g;
+    _mm512_storeu_ps(out, _mm512_shuffle_f32x4(y0, y1, 0x88));
+    _mm512_storeu_ps(out + 16, _mm512_shuffle_f32x4(y2, y3, 0x88));
+    _mm512_storeu_ps(out + 32, _mm512_shuffle_f32x4(y0, y1, 0xDD));
+    _mm512_storeu_ps(out + 48, _mm512_shuffle_f32x4(y2, y3, 0xDD));
+  }
+}
+#pragma GCC diagnostic pop
+#endif
+
+/// gaussian4 of 32 consecutive blocks: z[0..127] = the Gaussian direction of one chunk. The AVX2
+/// and AVX-512 builds compute it in registers (gaussian_chunk_avx2 / _avx512), the portable build
+/// in the loops below.
+template <bool Avx2, bool Avx512 = false>
 ZOTORCH_CPU_INLINE void gaussian_chunk(uint64_t key, uint32_t tensor_id, uint32_t probe, int64_t chunk, float* z) {
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+  if constexpr (Avx512) {
+    gaussian_chunk_avx512(key, tensor_id, probe, chunk, z);
+    return;
+  }
+#endif
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+  if constexpr (Avx2 && !Avx512) {
+    gaussian_chunk_avx2(key, tensor_id, probe, chunk, z);
+    return;
+  }
+#endif
   constexpr int kBlocks = static_cast<int>(kCpuChunk / kGaussianBlock);
   alignas(64) uint32_t words[4][kBlocks];
   philox_batch<Avx2, kBlocks>(key, tensor_id, probe, static_cast<uint64_t>(chunk) * kBlocks, words);
@@ -689,7 +878,7 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
     const uint16_t* bits16 = bits16_pair + (Stochastic ? (ch % 2) * kCpuChunk : 0);
     const uint16_t* restore_bits16 = restore_bits16_pair + (Stochastic ? (ch % 2) * kCpuChunk : 0);
     alignas(64) float z[Dist == Distribution::Gaussian ? kCpuChunk : 1];
-    if constexpr (Dist == Distribution::Gaussian) gaussian_chunk<true>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+    if constexpr (Dist == Distribution::Gaussian) gaussian_chunk<true, true>(last->key, tensor_id, last->probe, first_chunk + ch, z);
     for (int i = 0; i < kCpuChunk; i += 16) {
       // c·z and cr·z: a sign flip where the Rademacher bit is set (accumulate_sign), or the product
       // with the Gaussian value (accumulate_value).
@@ -849,7 +1038,7 @@ struct CpuChunks {
       } else {
         alignas(64) float z[kCpuChunk];
         for (int ch = 0; ch < n; ++ch) {
-          gaussian_chunk<Avx2>(term.key, tensor_id, term.probe, first_chunk + ch, z);
+          gaussian_chunk<Avx2, Avx512>(term.key, tensor_id, term.probe, first_chunk + ch, z);
           A* sc = s + ch * kCpuChunk;
           if (cr != A(0)) {
             A* rc = r + ch * kCpuChunk;
@@ -976,7 +1165,7 @@ struct CpuChunks {
     } else {
       (void)last_words;
       alignas(64) float z[kCpuChunk];
-      gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+      gaussian_chunk<Avx2, Avx512>(last->key, tensor_id, last->probe, first_chunk + ch, z);
       for (int i = 0; i < kCpuChunk; ++i) {
         const A partial = Partial ? sc[i] : A(0);
         const A x = restored(Storage::widen(o[i]), accumulate_value(stored(i), cr, z[i]), restore_bits16, i);
@@ -1040,7 +1229,7 @@ struct CpuChunks {
         }
       } else {
         alignas(64) float z[kCpuChunk];
-        gaussian_chunk<Avx2>(last->key, tensor_id, last->probe, first_chunk + ch, z);
+        gaussian_chunk<Avx2, Avx512>(last->key, tensor_id, last->probe, first_chunk + ch, z);
         for (int i = 0; i < kCpuChunk; ++i) {
           const A partial = Partial ? sc[i] : A(0);
           store(o, i, linear_update(keep, Storage::widen(o[i]), accumulate_value(partial, c, z[i])), bits16);

@@ -139,6 +139,20 @@ ZOTORCH_HD_INLINE uint32_t rounding_bits16(const uint32_t (&words)[4], int i) {
   return (words[i >> 1] >> ((i & 1) * 16)) & 0xFFFFu;
 }
 
+/// The coefficients of log_unit's and sincos_turns's polynomials, named once so that the CPU's
+/// hand-vectorised Gaussian (cpu_sweep.h) evaluates the very same ones.
+struct GaussianPoly {
+  // ln m = 2s·(1 + s²·(1/3 + s²·(1/5 + s²·(1/7 + s²/9)))), s = (m−1)/(m+1).
+  static constexpr float kLog2 = 0.333333343f, kLog4 = 0.2f, kLog6 = 0.142857149f, kLog8 = 0.111111112f;
+  // ln 2 split so that e·ln2_hi is exact for |e| < 2^8.
+  static constexpr float kLn2Hi = 0.693145752f, kLn2Lo = 1.42860677e-6f;
+  // (−1)^i (2π)^(2i+1)/(2i+1)!, i = 0..5, and (−1)^i (2π)^(2i)/(2i)!, i = 1..6.
+  static constexpr float kSin1 = 6.28318531f, kSin3 = -41.3417022f, kSin5 = 81.6052493f, kSin7 = -76.7058598f,
+                         kSin9 = 42.0586939f, kSin11 = -15.0946426f;
+  static constexpr float kCos2 = -19.7392088f, kCos4 = 64.9393940f, kCos6 = -85.4568172f, kCos8 = 60.2446414f,
+                         kCos10 = -26.4262568f, kCos12 = 7.90353637f;
+};
+
 /// Natural log for u in (0, 1], from +, *, / only (no libm), so CPU and CUDA agree bit for bit.
 /// u = m·2^e with m in [√½, √2); ln m = 2·atanh(s), s = (m−1)/(m+1), |s| ≤ 0.1716.
 ZOTORCH_HD_INLINE float log_unit(float u) {
@@ -155,13 +169,12 @@ ZOTORCH_HD_INLINE float log_unit(float u) {
   const float f = sub(m, 1.0f);
   const float s = f / add(2.0f, f);
   const float s2 = mul(s, s);
-  float poly = add(0.142857149f, mul(s2, 0.111111112f));  // 1/7 + s²/9
-  poly = add(0.2f, mul(s2, poly));
-  poly = add(0.333333343f, mul(s2, poly));
+  float poly = add(GaussianPoly::kLog6, mul(s2, GaussianPoly::kLog8));  // 1/7 + s²/9
+  poly = add(GaussianPoly::kLog4, mul(s2, poly));
+  poly = add(GaussianPoly::kLog2, mul(s2, poly));
   const float log_m = mul(mul(2.0f, s), add(1.0f, mul(s2, poly)));
   const float e = static_cast<float>(exponent);
-  // ln 2 split so that e·ln2_hi is exact for |e| < 2^8.
-  return add(mul(e, 0.693145752f), add(log_m, mul(e, 1.42860677e-6f)));
+  return add(mul(e, GaussianPoly::kLn2Hi), add(log_m, mul(e, GaussianPoly::kLn2Lo)));
 }
 
 /// cos(2πt) and sin(2πt) for t in (0, 1): exact quadrant reduction on t, then Taylor
@@ -175,18 +188,18 @@ ZOTORCH_HD_INLINE SinCos sincos_turns(float t) {
   const float r = sub(t, mul(quarter_turns, 0.25f));  // exact: both on the 2^-24 grid, |r| ≤ 1/8
   const float r2 = mul(r, r);
   // sin(2πr) = Σ (-1)^i (2π)^(2i+1)/(2i+1)! · r^(2i+1), i = 0..5
-  float sp = add(42.0586939f, mul(r2, -15.0946426f));
-  sp = add(-76.7058598f, mul(r2, sp));
-  sp = add(81.6052493f, mul(r2, sp));
-  sp = add(-41.3417022f, mul(r2, sp));
-  sp = add(6.28318531f, mul(r2, sp));
+  float sp = add(GaussianPoly::kSin9, mul(r2, GaussianPoly::kSin11));
+  sp = add(GaussianPoly::kSin7, mul(r2, sp));
+  sp = add(GaussianPoly::kSin5, mul(r2, sp));
+  sp = add(GaussianPoly::kSin3, mul(r2, sp));
+  sp = add(GaussianPoly::kSin1, mul(r2, sp));
   const float sin_r = mul(r, sp);
   // cos(2πr) = Σ (-1)^i (2π)^(2i)/(2i)! · r^(2i), i = 0..6
-  float cp = add(-26.4262568f, mul(r2, 7.90353637f));
-  cp = add(60.2446414f, mul(r2, cp));
-  cp = add(-85.4568172f, mul(r2, cp));
-  cp = add(64.9393940f, mul(r2, cp));
-  cp = add(-19.7392088f, mul(r2, cp));
+  float cp = add(GaussianPoly::kCos10, mul(r2, GaussianPoly::kCos12));
+  cp = add(GaussianPoly::kCos8, mul(r2, cp));
+  cp = add(GaussianPoly::kCos6, mul(r2, cp));
+  cp = add(GaussianPoly::kCos4, mul(r2, cp));
+  cp = add(GaussianPoly::kCos2, mul(r2, cp));
   const float cos_r = add(1.0f, mul(r2, cp));
   // Quadrant q: cos(2πt) = cos_r, −sin_r, −cos_r, sin_r and sin(2πt) = sin_r, cos_r, −sin_r, −cos_r.
   // A select of computed values and a sign-bit flip (exactly a negation), so that it vectorises.
