@@ -713,6 +713,9 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow16_stochastic_avx512(
         _mm512_sub_epi32(_mm512_srli_epi32(_mm512_add_epi32(magnitude, _mm512_srli_epi32(bits16, 3)), 13),
                          _mm512_set1_epi32((127 - 15) << 10));
     const __m512i normal = _mm512_min_epu32(normal_pattern, _mm512_set1_epi32(0x7C00));
+    // Every lane finite and in float16's normal range, as nearly all weights are: the normal carry
+    // alone (the selects below would pick it in every lane).
+    if (static_cast<uint16_t>(finite & normal_range) == 0xFFFFu) return _mm512_or_si512(sign, normal);
     const __m512i small = _mm512_min_epu32(magnitude, _mm512_set1_epi32(0x38800000));
     const __m512i scaled = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_castsi512_ps(small), _mm512_set1_ps(1099511627776.0f)));
     const __m512i subnormal = _mm512_srli_epi32(_mm512_add_epi32(scaled, bits16), 16);
