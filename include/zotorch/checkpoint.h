@@ -370,6 +370,27 @@ inline void load_checkpoint(torch::optim::Optimizer& optimizer, const std::strin
 
 namespace detail {
 
+/// Whether every element that `t`'s sizes, strides and offset address lies inside its storage.
+/// LibTorch's unpickler takes the storage's length and the tensor's shape from separate fields of the
+/// file and never checks one against the other, so a damaged archive can describe a tensor whose
+/// elements lie past its storage or whose storage has no data at all (docs/reliability.md
+/// "Fuzzing checkpoint loading"); copying from one reads memory the tensor does not own.
+inline bool addresses_only_its_storage(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  if (!t.has_storage() || t.storage_offset() < 0 || t.storage().data() == nullptr) return false;
+  int64_t last = t.storage_offset();  // the largest element index the tensor addresses
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    int64_t reach = 0;
+    if (t.stride(d) < 0 || __builtin_mul_overflow(t.size(d) - 1, t.stride(d), &reach) ||
+        __builtin_add_overflow(last, reach, &last)) {
+      return false;
+    }
+  }
+  int64_t end_bytes = 0;
+  if (__builtin_add_overflow(last, 1, &last) || __builtin_mul_overflow(last, t.element_size(), &end_bytes)) return false;
+  return static_cast<uint64_t>(end_bytes) <= t.storage().nbytes();
+}
+
 /// Reads every parameter and buffer of `module` (recursively, in Module::save's layout) into
 /// `staged` without touching the module, checking names, shapes and dtypes.
 inline void stage_module(const torch::nn::Module& module, torch::serialize::InputArchive& archive,
@@ -387,6 +408,16 @@ inline void stage_module(const torch::nn::Module& module, torch::serialize::Inpu
                     (value.device().is_cpu() || value.device() == target.device()),
                 "zotorch::load_checkpoint: ", prefix + key, " is a ", value.layout(), " tensor on ", value.device(),
                 " in the checkpoint; expected a dense tensor on the CPU or on ", target.device());
+    if (!addresses_only_its_storage(value)) {
+      const size_t claimed = value.has_storage() ? value.storage().nbytes() : 0;
+      const bool no_data = !value.has_storage() || value.storage().data() == nullptr;
+      TORCH_CHECK(!no_data, "zotorch::load_checkpoint: ", prefix + key, " in the checkpoint claims ", claimed,
+                  " bytes of data, but the file holds none for it; the file is damaged, load an earlier checkpoint");
+      TORCH_CHECK(false, "zotorch::load_checkpoint: ", prefix + key,
+                  " in the checkpoint addresses elements past the end of its stored data (offset ",
+                  value.storage_offset(), ", strides ", value.strides(), ", ", claimed,
+                  " bytes stored); the file is damaged, load an earlier checkpoint");
+    }
     staged.emplace_back(target, value);
   };
   for (const auto& item : module.named_parameters(/*recurse=*/false)) stage(item.key(), item.value(), false);
