@@ -16,7 +16,6 @@ namespace detail {
 constexpr int64_t kTileElements = 512;
 constexpr int kWarpLanes = 32;
 constexpr int kLaneElements = static_cast<int>(kTileElements / kWarpLanes);
-constexpr int kTileBlocks = static_cast<int>(kTileElements / kRademacherBlock);
 static_assert(kLaneElements % kGaussianBlock == 0 && kLaneElements % kRoundingBlock == 0,
               "a lane must own whole Gaussian and rounding blocks, or two lanes would draw the same Philox block");
 

@@ -7,6 +7,7 @@
 #include <zotorch/detail/cuda_layout.cuh>
 
 #include <cstring>
+#include <type_traits>
 
 // Host compilers would warn about (and ignore) `#pragma unroll`; the emulation needs no unrolling.
 #if defined(__CUDACC__)
@@ -17,9 +18,6 @@
 
 namespace zotorch {
 namespace detail {
-
-/// Terms whose Rademacher blocks a warp draws per round: 8 terms × 4 blocks = one Philox call per lane.
-constexpr int kStagedTerms = kWarpLanes / kTileBlocks;
 
 /// Where the per-group scalars of one launch sit in shared memory (units of the arithmetic type):
 /// [m_weight[T], v_weight[T]] when adaptive, [restore[T]] when staged (staged_plan), then per slot
@@ -133,10 +131,24 @@ ZOTORCH_UNROLL
 #endif
 }
 
-/// The registers of one lane for one tile, and the phases that fill them. Element order per lane
-/// and term order per element are those of cpu_sweep_chunks: s, m, v (and r, restore terms only,
-/// when staged) start at 0 and take terms 0, 1, 2, ... in turn, then x ← round(x + r) when staged,
-/// then y = update(x), then one rounding.
+/// Steps (kVec elements per lane: 16 bytes, 32 for fp64) per pass over a tile. A warp sweeps its
+/// tile in passes of kPassSteps × 32 × kVec elements, so a lane holds only one pass's values,
+/// accumulators and moments in registers: 8 elements of any type, or the whole tile's 16 for the
+/// Rademacher adaptive kernels, which fit 2 blocks per SM either way and so keep more loads in
+/// flight. docs/cuda.md "Occupancy" has the register counts and bytes in flight of each choice.
+/// Every pass covers whole Rademacher blocks, so each (block, term) is still drawn once per tile.
+template <class Storage, Distribution Dist, bool Adaptive>
+constexpr int pass_steps() {
+  constexpr int kVec = sizeof(typename Storage::storage) == 2 ? 8 : 4;
+  return (Dist == Distribution::Rademacher && Adaptive ? kLaneElements : 8) / kVec;
+}
+
+/// The registers of one lane for one pass of a tile, and the phases that fill them. Element order
+/// per lane and term order per element are those of cpu_sweep_chunks: s, m, v (and r, restore terms
+/// only, when staged) start at 0 and take terms 0, 1, 2, ... in turn, then x ← round(x + r) when
+/// staged, then y = update(x), then one rounding. Each element is computed from its own value, its
+/// own draws and these sums only, so neither how the tile is cut into passes nor whether r is summed
+/// in a run of its own (kRestoreFirst) changes a bit.
 template <class Storage, Distribution Dist, bool Adaptive>
 struct TileLane {
   using S = typename Storage::storage;
@@ -145,23 +157,41 @@ struct TileLane {
   /// Elements per lane per step: 16 bytes of 32- and 16-bit types; 32 bytes of doubles, so a
   /// lane still owns whole 4-element Gaussian and rounding blocks.
   static constexpr int kVec = sizeof(S) == 2 ? 8 : 4;
-  static constexpr int kSteps = kLaneElements / kVec;
-  static constexpr int kMoments = Adaptive ? kLaneElements : 1;
+  static constexpr int kSteps = kLaneElements / kVec;  ///< steps per tile
+  static constexpr int kPassSteps = pass_steps<Storage, Dist, Adaptive>();
+  static constexpr int kPasses = kSteps / kPassSteps;
+  static constexpr int kPassElements = kPassSteps * kVec;  ///< per lane
+  /// Rademacher blocks per pass, and the terms whose blocks the warp draws per staging round: one
+  /// Philox call per lane per round.
+  static constexpr int kPassBlocks = static_cast<int>(kPassElements * kWarpLanes / kRademacherBlock);
+  static constexpr int kStagedTerms = kWarpLanes / kPassBlocks;
+  static constexpr int kMoments = Adaptive ? kPassElements : 1;
+  /// Rounding blocks (8 elements, one Philox call) per step; 1 for doubles, which never draw.
+  static constexpr int kRoundingDraws = kVec >= kRoundingBlock ? static_cast<int>(kVec / kRoundingBlock) : 1;
+  /// Rademacher applies a staged plan's restore terms in a run over the terms of their own, before
+  /// the rest, so that r and s are never live together (docs/cuda.md "Occupancy"); Gaussian keeps
+  /// one run, since drawing its normals twice costs more than the registers.
+  static constexpr bool kRestoreFirst = Dist == Distribution::Rademacher;
+  static_assert(kSteps % kPassSteps == 0 && kPassElements * kWarpLanes % kRademacherBlock == 0 &&
+                    kWarpLanes % kPassBlocks == 0,
+                "a pass must cover whole Rademacher blocks, and a staging round whole terms");
 
-  S x[kLaneElements];
-  A s[kLaneElements];
-  A r[kLaneElements];
+  S x[kPassElements];
+  A s[kPassElements];
+  A r[kPassElements];
   A m[kMoments];
   A v[kMoments];
 
   /// First element (within the tile) of the lane's step j. Lanes own consecutive pieces, so each
   /// warp-wide access covers 512 (fp64: 1024) contiguous bytes.
   ZOTORCH_HD static int step_offset(int lane, int j) { return (j * kWarpLanes + lane) * kVec; }
+  /// First element (within the tile) of pass p.
+  ZOTORCH_HD static int pass_offset(int pass) { return pass * kPassSteps * kWarpLanes * kVec; }
 
-  ZOTORCH_HD void load(const Context& ctx, int lane) {
+  ZOTORCH_HD void load(const Context& ctx, int lane, int pass) {
 ZOTORCH_UNROLL
-    for (int j = 0; j < kSteps; ++j) {
-      const int64_t first = ctx.start + step_offset(lane, j);
+    for (int j = 0; j < kPassSteps; ++j) {
+      const int64_t first = ctx.start + step_offset(lane, pass * kPassSteps + j);
       S* xs = x + j * kVec;
       if (ctx.vector_ok && first + kVec <= ctx.numel) {
         load_vector<S, kVec>(ctx.data + first, xs);
@@ -171,44 +201,53 @@ ZOTORCH_UNROLL
       }
     }
 ZOTORCH_UNROLL
-    for (int i = 0; i < kLaneElements; ++i) s[i] = r[i] = A(0);
+    for (int i = 0; i < kPassElements; ++i) s[i] = r[i] = A(0);
 ZOTORCH_UNROLL
     for (int i = 0; i < kMoments; ++i) m[i] = v[i] = A(0);
   }
 
-  /// Rademacher, round r: lane l draws block (l mod 4) of the tile for term 8r + l/4.
-  ZOTORCH_HD static void stage(const Context& ctx, const SweepPlan& plan, int lane, int round, Words4* staged) {
-    const int k = round * kStagedTerms + lane / kTileBlocks;
+  /// Rademacher, pass p, round r: lane l draws block (l mod kPassBlocks) of the pass for term
+  /// kStagedTerms·r + l / kPassBlocks.
+  ZOTORCH_HD static void stage(const Context& ctx, const SweepPlan& plan, int lane, int pass, int round,
+                               Words4* staged) {
+    const int k = round * kStagedTerms + lane / kPassBlocks;
     if (k < ctx.terms) {
       const SweepTerm& term = plan.terms[k];
-      const uint64_t block = static_cast<uint64_t>(ctx.start / kRademacherBlock) + static_cast<uint64_t>(lane % kTileBlocks);
+      const uint64_t block = static_cast<uint64_t>((ctx.start + pass_offset(pass)) / kRademacherBlock) +
+                             static_cast<uint64_t>(lane % kPassBlocks);
       staged[lane] = noise_block(term.key, ctx.tensor_id, term.probe, block);
     }
   }
 
-  /// Rademacher, round r: adds the staged terms 8r .. 8r+7 to the lane's elements.
+  /// Rademacher, round r of a pass: adds the staged terms of round r to the lane's elements: their
+  /// restore parts to r (kRestoreFirst's first run over the terms), or the rest to s, m and v.
+  template <bool kRestoreTerms>
   ZOTORCH_HD void accumulate_staged(const Context& ctx, int lane, int round, const Words4* staged) {
     const int first = round * kStagedTerms;
     const int count = ctx.terms - first < kStagedTerms ? ctx.terms - first : kStagedTerms;
     for (int t = 0; t < count; ++t) {
-      const A c = ctx.coefficient[first + t];
-      const A cr = ctx.staged ? ctx.restore[first + t] : A(0);  // warp-uniform
+      const A c = kRestoreTerms ? ctx.restore[first + t] : ctx.coefficient[first + t];
+      if (kRestoreTerms && c == A(0)) continue;  // as the CPU: r takes only the terms that restore
       A m_weight = A(0), v_weight = A(0);
-      if constexpr (Adaptive) {
+      if constexpr (Adaptive && !kRestoreTerms) {
         m_weight = ctx.m_weight[first + t];
         v_weight = ctx.v_weight[first + t];
       }
 ZOTORCH_UNROLL
-      for (int j = 0; j < kSteps; ++j) {
-        const int offset = step_offset(lane, j);  // kVec divides 32: the lane's bits sit in one word
-        const uint32_t word = staged[t * kTileBlocks + offset / kRademacherBlock].w[(offset >> 5) & 3] >> (offset & 31);
+      for (int j = 0; j < kPassSteps; ++j) {
+        // Offset within the pass; kVec divides 32, so the lane's bits sit in one word.
+        const int offset = step_offset(lane, j);
+        const uint32_t word = staged[t * kPassBlocks + offset / kRademacherBlock].w[(offset >> 5) & 3] >> (offset & 31);
 ZOTORCH_UNROLL
         for (int i = 0; i < kVec; ++i) {
           const uint32_t sign_mask = ((word >> i) & 1u) << 31;
           const int e = j * kVec + i;
-          s[e] = accumulate_sign(s[e], c, sign_mask);
-          if (cr != A(0)) r[e] = accumulate_sign(r[e], cr, sign_mask);
-          if constexpr (Adaptive) {
+          if constexpr (kRestoreTerms) {
+            r[e] = accumulate_sign(r[e], c, sign_mask);
+          } else {
+            s[e] = accumulate_sign(s[e], c, sign_mask);
+          }
+          if constexpr (Adaptive && !kRestoreTerms) {
             m[e] = accumulate_sign(m[e], m_weight, sign_mask);
             v[e] = add(v[e], v_weight);  // z² = 1
           }
@@ -218,7 +257,7 @@ ZOTORCH_UNROLL
   }
 
   /// Gaussian: every lane draws its own 4-element blocks, all terms in order.
-  ZOTORCH_HD void accumulate_normals(const Context& ctx, const SweepPlan& plan, int lane) {
+  ZOTORCH_HD void accumulate_normals(const Context& ctx, const SweepPlan& plan, int lane, int pass) {
     for (int k = 0; k < ctx.terms; ++k) {
       const SweepTerm& term = plan.terms[k];
       const A c = ctx.coefficient[k];
@@ -229,10 +268,10 @@ ZOTORCH_UNROLL
         v_weight = ctx.v_weight[k];
       }
 ZOTORCH_UNROLL
-      for (int j = 0; j < kSteps; ++j) {
+      for (int j = 0; j < kPassSteps; ++j) {
 ZOTORCH_UNROLL
         for (int b = 0; b < kVec / static_cast<int>(kGaussianBlock); ++b) {
-          const int64_t first = ctx.start + step_offset(lane, j) + b * kGaussianBlock;
+          const int64_t first = ctx.start + step_offset(lane, pass * kPassSteps + j) + b * kGaussianBlock;
           const Normals4 z = gaussian4(noise_block(term.key, ctx.tensor_id, term.probe, static_cast<uint64_t>(first / kGaussianBlock)));
 ZOTORCH_UNROLL
           for (int q = 0; q < 4; ++q) {
@@ -250,30 +289,62 @@ ZOTORCH_UNROLL
   }
 
   /// The stochastic-rounding draws of the kVec elements from `first` (a multiple of kRoundingBlock):
-  /// rounding_bits16 of block first/8 + b for element 8b + i.
-  ZOTORCH_HD static void rounding_draws(uint64_t key, uint32_t tensor_id, int64_t first, uint32_t* bits16) {
+  /// block first/8 + b, whose rounding_bits16(w, i) are element 8b + i's.
+  ZOTORCH_HD static void rounding_draws(uint64_t key, uint32_t tensor_id, int64_t first, Words4* bits) {
 ZOTORCH_UNROLL
-    for (int b = 0; b < kVec / static_cast<int>(kRoundingBlock); ++b) {
-      const Words4 bits = noise_block(key, tensor_id, kRoundingProbe,
-                                      static_cast<uint64_t>(first / kRoundingBlock) + static_cast<uint64_t>(b));
-ZOTORCH_UNROLL
-      for (int i = 0; i < static_cast<int>(kRoundingBlock); ++i) bits16[b * kRoundingBlock + i] = rounding_bits16(bits.w, i);
+    for (int b = 0; b < kRoundingDraws; ++b) {
+      const uint64_t block = static_cast<uint64_t>(first / kRoundingBlock) + static_cast<uint64_t>(b);
+      bits[b] = noise_block(key, tensor_id, kRoundingProbe, block);
     }
   }
 
-  /// x ← round(x + r) when staged, y = update(x), one rounding (stochastic for 16-bit types when
-  /// asked), and the write back.
-  ZOTORCH_HD void store(const Context& ctx, const SweepPlan& plan, int lane) const {
+  /// The 16 random bits of element i of a step from that step's rounding_draws.
+  ZOTORCH_HD static uint32_t draw_of(const Words4* bits, int i) {
+    return rounding_bits16(bits[i / kRoundingBlock].w, i % kRoundingBlock);
+  }
+
+  /// The restore rounding (sweep.h) of the lane's elements: x ← round(x + r), as a restore sweep of
+  /// its own would store it. x' is a storage value, so x holds it and r is free again.
+  ZOTORCH_HD void restore(const Context& ctx, const SweepPlan& plan, int lane, int pass) {
 ZOTORCH_UNROLL
-    for (int j = 0; j < kSteps; ++j) {
-      const int64_t first = ctx.start + step_offset(lane, j);
-      if (first >= ctx.numel) continue;  // tail of the last tile
-      uint32_t bits16[kVec];
-      uint32_t restore_bits16[kVec];
+    for (int j = 0; j < kPassSteps; ++j) {
+      const int64_t first = ctx.start + step_offset(lane, pass * kPassSteps + j);
+      Words4 bits[kRoundingDraws];
       if constexpr (Storage::is_16_bit) {
         if (plan.stochastic_rounding) {
-          rounding_draws(plan.rounding_key, ctx.tensor_id, first, bits16);
-          if (ctx.staged) rounding_draws(restore_rounding_key(plan.rounding_key), ctx.tensor_id, first, restore_bits16);
+          rounding_draws(restore_rounding_key(plan.rounding_key), ctx.tensor_id, first, bits);
+        }
+      }
+ZOTORCH_UNROLL
+      for (int i = 0; i < kVec; ++i) {
+        const int e = j * kVec + i;
+        if constexpr (Storage::is_16_bit) {
+          x[e] = plan.stochastic_rounding
+                     ? narrow_stochastic<Storage>(add(Storage::widen(x[e]), r[e]), draw_of(bits, i))
+                     : Storage::narrow(add(Storage::widen(x[e]), r[e]));
+        } else {
+          x[e] = Storage::narrow(add(Storage::widen(x[e]), r[e]));
+        }
+      }
+    }
+  }
+
+  /// x ← round(x + r) when staged and not restored yet (kRestoreFirst), y = update(x), one rounding
+  /// (stochastic for 16-bit types when asked), and the write back.
+  ZOTORCH_HD void store(const Context& ctx, const SweepPlan& plan, int lane, int pass) const {
+ZOTORCH_UNROLL
+    for (int j = 0; j < kPassSteps; ++j) {
+      const int64_t first = ctx.start + step_offset(lane, pass * kPassSteps + j);
+      if (first >= ctx.numel) continue;  // tail of the last tile
+      // The draws stay packed, 8 per Words4, until each element takes its 16 bits.
+      Words4 bits[kRoundingDraws];
+      Words4 restore_bits[kRoundingDraws];
+      if constexpr (Storage::is_16_bit) {
+        if (plan.stochastic_rounding) {
+          rounding_draws(plan.rounding_key, ctx.tensor_id, first, bits);
+          if (ctx.staged && !kRestoreFirst) {
+            rounding_draws(restore_rounding_key(plan.rounding_key), ctx.tensor_id, first, restore_bits);
+          }
         }
       }
       S out[kVec];
@@ -281,11 +352,12 @@ ZOTORCH_UNROLL
       for (int i = 0; i < kVec; ++i) {
         const int e = j * kVec + i;
         A x_wide = Storage::widen(x[e]);
-        if (ctx.staged) {
+        if (ctx.staged && !kRestoreFirst) {
           // The restore rounding (sweep.h): θ' = round(θ + r), as a restore sweep of its own stores it.
           if constexpr (Storage::is_16_bit) {
-            x_wide = plan.stochastic_rounding ? restore_value_stochastic<Storage>(x_wide, r[e], restore_bits16[i])
-                                              : restore_value<Storage>(x_wide, r[e]);
+            x_wide = plan.stochastic_rounding
+                         ? restore_value_stochastic<Storage>(x_wide, r[e], draw_of(restore_bits, i))
+                         : restore_value<Storage>(x_wide, r[e]);
           } else {
             x_wide = restore_value<Storage>(x_wide, r[e]);
           }
@@ -297,7 +369,8 @@ ZOTORCH_UNROLL
           y = linear_update(ctx.keep, x_wide, s[e]);
         }
         if constexpr (Storage::is_16_bit) {
-          out[i] = plan.stochastic_rounding ? narrow_stochastic<Storage>(y, bits16[i]) : Storage::narrow(y);
+          out[i] = plan.stochastic_rounding ? narrow_stochastic<Storage>(y, draw_of(bits, i))
+                                            : Storage::narrow(y);
         } else {
           out[i] = Storage::narrow(y);
         }
@@ -314,23 +387,36 @@ ZOTORCH_UNROLL
   }
 };
 
-/// The whole tile, phase by phase. `Lanes` is the warp: on the device one lane's registers and a
-/// __syncwarp barrier; in the emulation all 32 lanes' registers and a loop (tests/cuda/cuda_emulation.h).
+/// The whole tile, pass by pass and phase by phase. `Lanes` is the warp: on the device one lane's
+/// registers and a __syncwarp barrier; in the emulation all 32 lanes' registers and a loop
+/// (tests/cuda/cuda_emulation.h).
 template <class Storage, Distribution Dist, bool Adaptive, class Lanes>
 ZOTORCH_HD void sweep_tile(Lanes& lanes, const TileContext<Storage>& ctx, const SweepPlan& plan, Words4* staged) {
   using Lane = TileLane<Storage, Dist, Adaptive>;
-  lanes.for_each([&](Lane& lane_state, int lane) { lane_state.load(ctx, lane); });
-  if constexpr (Dist == Distribution::Rademacher) {
-    for (int round = 0; round * kStagedTerms < ctx.terms; ++round) {
-      lanes.for_each([&](Lane&, int lane) { Lane::stage(ctx, plan, lane, round, staged); });
-      lanes.sync();
-      lanes.for_each([&](Lane& lane_state, int lane) { lane_state.accumulate_staged(ctx, lane, round, staged); });
-      lanes.sync();  // the next round overwrites `staged`
+  for (int pass = 0; pass < Lane::kPasses; ++pass) {
+    if (ctx.start + Lane::pass_offset(pass) >= ctx.numel) break;  // tail of the last tile (warp-uniform)
+    lanes.for_each([&](Lane& lane_state, int lane) { lane_state.load(ctx, lane, pass); });
+    if constexpr (Dist == Distribution::Rademacher) {
+      auto run_over_terms = [&](auto restore_terms) {
+        for (int round = 0; round * Lane::kStagedTerms < ctx.terms; ++round) {
+          lanes.for_each([&](Lane&, int lane) { Lane::stage(ctx, plan, lane, pass, round, staged); });
+          lanes.sync();
+          lanes.for_each([&](Lane& lane_state, int lane) {
+            lane_state.template accumulate_staged<decltype(restore_terms)::value>(ctx, lane, round, staged);
+          });
+          lanes.sync();  // the next round overwrites `staged`
+        }
+      };
+      if (ctx.staged) {
+        run_over_terms(std::true_type{});
+        lanes.for_each([&](Lane& lane_state, int lane) { lane_state.restore(ctx, plan, lane, pass); });
+      }
+      run_over_terms(std::false_type{});
+    } else {
+      lanes.for_each([&](Lane& lane_state, int lane) { lane_state.accumulate_normals(ctx, plan, lane, pass); });
     }
-  } else {
-    lanes.for_each([&](Lane& lane_state, int lane) { lane_state.accumulate_normals(ctx, plan, lane); });
+    lanes.for_each([&](Lane& lane_state, int lane) { lane_state.store(ctx, plan, lane, pass); });
   }
-  lanes.for_each([&](Lane& lane_state, int lane) { lane_state.store(ctx, plan, lane); });
 }
 
 /// Fills the resolved group scalars of one launch, elements begin, begin + stride, ...
@@ -347,13 +433,13 @@ ZOTORCH_HD void sweep_warp_tiles(Lanes& lanes, const SweepPlan& plan, const Cuda
                                  const ResolvedLayout& layout, const typename Storage::acc* resolved, Words4* staged,
                                  int64_t first_tile, int64_t tile_stride) {
   int32_t entry_index = -1;
-  int64_t entry_first = 0, entry_end = 0;
   for (int64_t tile = first_tile; tile < args.total_tiles; tile += tile_stride) {
-    // Consecutive tiles of a warp usually hit the same tensor; search only when they do not.
-    if (entry_index < 0 || tile < entry_first || tile >= entry_end) {
+    // Consecutive tiles of a warp usually hit the same tensor; search only when they do not. Tiles
+    // only grow, so a tile is never before the current entry's first one. The entry's end is read
+    // again (a cached load) rather than kept across the loop (docs/cuda.md "Occupancy").
+    if (entry_index < 0 ||
+        tile >= args.entries[entry_index].first_tile + tiles_of(args.entries[entry_index].numel)) {
       entry_index = find_tile_entry(args.entries, args.num_entries, tile);
-      entry_first = args.entries[entry_index].first_tile;
-      entry_end = entry_first + tiles_of(args.entries[entry_index].numel);
     }
     const CudaTableEntry entry = args.entries[entry_index];
     const TileContext<Storage> ctx = make_tile_context<Storage>(entry, tile, plan.num_terms, layout, resolved);
