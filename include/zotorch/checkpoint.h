@@ -408,16 +408,14 @@ inline void stage_module(const torch::nn::Module& module, torch::serialize::Inpu
                     (value.device().is_cpu() || value.device() == target.device()),
                 "zotorch::load_checkpoint: ", prefix + key, " is a ", value.layout(), " tensor on ", value.device(),
                 " in the checkpoint; expected a dense tensor on the CPU or on ", target.device());
-    if (!addresses_only_its_storage(value)) {
-      const size_t claimed = value.has_storage() ? value.storage().nbytes() : 0;
-      const bool no_data = !value.has_storage() || value.storage().data() == nullptr;
-      TORCH_CHECK(!no_data, "zotorch::load_checkpoint: ", prefix + key, " in the checkpoint claims ", claimed,
-                  " bytes of data, but the file holds none for it; the file is damaged, load an earlier checkpoint");
-      TORCH_CHECK(false, "zotorch::load_checkpoint: ", prefix + key,
-                  " in the checkpoint addresses elements past the end of its stored data (offset ",
-                  value.storage_offset(), ", strides ", value.strides(), ", ", claimed,
-                  " bytes stored); the file is damaged, load an earlier checkpoint");
-    }
+    const size_t claimed = value.has_storage() ? value.storage().nbytes() : 0;
+    TORCH_CHECK(value.numel() == 0 || (value.has_storage() && value.storage().data() != nullptr),
+                "zotorch::load_checkpoint: ", prefix + key, " in the checkpoint claims ", claimed,
+                " bytes of data, but the file holds none for it; the file is damaged, load an earlier checkpoint");
+    TORCH_CHECK(addresses_only_its_storage(value), "zotorch::load_checkpoint: ", prefix + key,
+                " in the checkpoint addresses elements past the end of its stored data (offset ",
+                value.storage_offset(), ", strides ", value.strides(), ", ", claimed,
+                " bytes stored); the file is damaged, load an earlier checkpoint");
     staged.emplace_back(target, value);
   };
   for (const auto& item : module.named_parameters(/*recurse=*/false)) stage(item.key(), item.value(), false);

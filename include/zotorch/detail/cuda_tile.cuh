@@ -131,18 +131,6 @@ ZOTORCH_UNROLL
 #endif
 }
 
-/// Steps (kVec elements per lane: 16 bytes, 32 for fp64) per pass over a tile. A warp sweeps its
-/// tile in passes of kPassSteps × 32 × kVec elements, so a lane holds only one pass's values,
-/// accumulators and moments in registers: 8 elements of any type, or the whole tile's 16 for the
-/// Rademacher adaptive kernels, which fit 2 blocks per SM either way and so keep more loads in
-/// flight. docs/cuda.md "Occupancy" has the register counts and bytes in flight of each choice.
-/// Every pass covers whole Rademacher blocks, so each (block, term) is still drawn once per tile.
-template <class Storage, Distribution Dist, bool Adaptive>
-constexpr int pass_steps() {
-  constexpr int kVec = sizeof(typename Storage::storage) == 2 ? 8 : 4;
-  return (Dist == Distribution::Rademacher && Adaptive ? kLaneElements : 8) / kVec;
-}
-
 /// The registers of one lane for one pass of a tile, and the phases that fill them. Element order
 /// per lane and term order per element are those of cpu_sweep_chunks: s, m, v (and r, restore terms
 /// only, when staged) start at 0 and take terms 0, 1, 2, ... in turn, then x ← round(x + r) when
@@ -158,7 +146,12 @@ struct TileLane {
   /// lane still owns whole 4-element Gaussian and rounding blocks.
   static constexpr int kVec = sizeof(S) == 2 ? 8 : 4;
   static constexpr int kSteps = kLaneElements / kVec;  ///< steps per tile
-  static constexpr int kPassSteps = pass_steps<Storage, Dist, Adaptive>();
+  /// Steps per pass over a tile. A warp sweeps its tile in passes of kPassSteps × 32 × kVec
+  /// elements, so a lane holds only one pass's values, sums and moments in registers: 8 elements of
+  /// any type, or the whole tile's 16 for the Rademacher adaptive kernels, which fit 2 blocks per SM
+  /// either way and so keep more loads in flight. docs/cuda.md "Occupancy" has the register counts
+  /// and bytes in flight of each choice.
+  static constexpr int kPassSteps = (Dist == Distribution::Rademacher && Adaptive ? kLaneElements : 8) / kVec;
   static constexpr int kPasses = kSteps / kPassSteps;
   static constexpr int kPassElements = kPassSteps * kVec;  ///< per lane
   /// Rademacher blocks per pass, and the terms whose blocks the warp draws per staging round: one
@@ -207,11 +200,12 @@ ZOTORCH_UNROLL
   }
 
   /// Rademacher, pass p, round r: lane l draws block (l mod kPassBlocks) of the pass for term
-  /// kStagedTerms·r + l / kPassBlocks.
+  /// kStagedTerms·r + l / kPassBlocks; in the restore run (kRestoreTerms) only for terms that restore.
+  template <bool kRestoreTerms>
   ZOTORCH_HD static void stage(const Context& ctx, const SweepPlan& plan, int lane, int pass, int round,
                                Words4* staged) {
     const int k = round * kStagedTerms + lane / kPassBlocks;
-    if (k < ctx.terms) {
+    if (k < ctx.terms && !(kRestoreTerms && ctx.restore[k] == A(0))) {
       const SweepTerm& term = plan.terms[k];
       const uint64_t block = static_cast<uint64_t>((ctx.start + pass_offset(pass)) / kRademacherBlock) +
                              static_cast<uint64_t>(lane % kPassBlocks);
@@ -227,7 +221,8 @@ ZOTORCH_UNROLL
     const int count = ctx.terms - first < kStagedTerms ? ctx.terms - first : kStagedTerms;
     for (int t = 0; t < count; ++t) {
       const A c = kRestoreTerms ? ctx.restore[first + t] : ctx.coefficient[first + t];
-      if (kRestoreTerms && c == A(0)) continue;  // as the CPU: r takes only the terms that restore
+      // As on the CPU, r takes only the terms that restore; stage<true> drew no others.
+      if (kRestoreTerms && c == A(0)) continue;
       A m_weight = A(0), v_weight = A(0);
       if constexpr (Adaptive && !kRestoreTerms) {
         m_weight = ctx.m_weight[first + t];
@@ -398,11 +393,13 @@ ZOTORCH_HD void sweep_tile(Lanes& lanes, const TileContext<Storage>& ctx, const 
     lanes.for_each([&](Lane& lane_state, int lane) { lane_state.load(ctx, lane, pass); });
     if constexpr (Dist == Distribution::Rademacher) {
       auto run_over_terms = [&](auto restore_terms) {
+        constexpr bool kRestoreTerms = decltype(restore_terms)::value;
         for (int round = 0; round * Lane::kStagedTerms < ctx.terms; ++round) {
-          lanes.for_each([&](Lane&, int lane) { Lane::stage(ctx, plan, lane, pass, round, staged); });
+          lanes.for_each(
+              [&](Lane&, int lane) { Lane::template stage<kRestoreTerms>(ctx, plan, lane, pass, round, staged); });
           lanes.sync();
           lanes.for_each([&](Lane& lane_state, int lane) {
-            lane_state.template accumulate_staged<decltype(restore_terms)::value>(ctx, lane, round, staged);
+            lane_state.template accumulate_staged<kRestoreTerms>(ctx, lane, round, staged);
           });
           lanes.sync();  // the next round overwrites `staged`
         }
