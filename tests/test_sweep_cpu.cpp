@@ -347,6 +347,85 @@ TEST_CASE("AVX512-BF16's conversion equals the bfloat16 rounding on all 2^32 flo
 #endif
 }
 
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+namespace {
+struct VectorRoundingCount {
+  uint64_t lanes = 0;
+  uint64_t differing = 0;
+  uint64_t nan_lanes = 0;
+};
+
+/// The vector stochastic roundings of the AVX-512 pass against narrow_stochastic and
+/// restore_value_stochastic, lane by lane, on float32 patterns spread over the whole range
+/// (every sign, exponent and NaN payload class) with pseudo-random 16-bit draws: the bfloat16 pair
+/// path (BFloat16Pairs) and float16's store and restore (store16_avx512 / restored16_avx512 with
+/// their conversion-toward-zero and carry fast paths). The sweeps themselves never produce a NaN
+/// with a payload in its lower half, so only this reaches those lanes.
+ZOTORCH_CPU_AVX512_TARGET VectorRoundingCount compare_vector_stochastic_rounding() {
+  VectorRoundingCount count;
+  uint32_t state = 12345u;
+  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  alignas(64) uint32_t patterns[32], words[16], restore_words[16];
+  alignas(64) float half_r[16];
+  alignas(64) uint16_t draws16[16], restore_draws16[16], stored[32], fp16_out[16];
+  alignas(64) float widened[32];
+  for (uint64_t base = 0; base < (uint64_t{1} << 32); base += 32 * 4093) {
+    for (int k = 0; k < 32; ++k) patterns[k] = static_cast<uint32_t>(base + static_cast<uint64_t>(k) * 127u) ^ (next() & 0xFFFFu);
+    for (int k = 0; k < 16; ++k) words[k] = next(), restore_words[k] = next();
+    for (int k = 0; k < 16; ++k) half_r[k] = bit_cast<float>(patterns[k]) * 0.001f;
+    // bfloat16 pairs: element 2k is lane k of `even`, 2k + 1 lane k of `odd`.
+    alignas(64) uint32_t even_bits[16], odd_bits[16];
+    for (int k = 0; k < 16; ++k) even_bits[k] = patterns[2 * k], odd_bits[k] = patterns[2 * k + 1];
+    const __m512 even = _mm512_castsi512_ps(_mm512_load_si512(even_bits));
+    const __m512 odd = _mm512_castsi512_ps(_mm512_load_si512(odd_bits));
+    const __m512i packed = BFloat16Pairs::narrow(even, odd, _mm512_load_si512(words));
+    _mm512_store_si512(stored, packed);
+    const __m512i restore_draws = _mm512_and_si512(_mm512_load_si512(restore_words), _mm512_set1_epi32(0xFFFF));
+    _mm512_store_ps(widened, BFloat16Pairs::restored(even, _mm512_load_ps(half_r), restore_draws));
+    for (int k = 0; k < 32; ++k) {
+      const uint32_t draw = (words[k / 2] >> (16 * (k % 2))) & 0xFFFFu;
+      count.differing += stored[k] != narrow_stochastic<BFloat16Storage>(bit_cast<float>(patterns[k]), draw);
+      count.nan_lanes += std::isnan(bit_cast<float>(patterns[k]));
+    }
+    for (int k = 0; k < 16; ++k) {
+      const float expected =
+          restore_value_stochastic<BFloat16Storage>(bit_cast<float>(even_bits[k]), half_r[k], restore_words[k] & 0xFFFFu);
+      count.differing += bit_cast<uint32_t>(widened[k]) != bit_cast<uint32_t>(expected);
+    }
+    // float16, 16 consecutive lanes.
+    for (int k = 0; k < 16; ++k) draws16[k] = static_cast<uint16_t>(words[k]), restore_draws16[k] = static_cast<uint16_t>(restore_words[k]);
+    const __m512 y = _mm512_castsi512_ps(_mm512_load_si512(patterns));
+    store16_avx512<Float16Storage, true>(fp16_out, y, draws16);
+    _mm512_store_ps(widened, restored16_avx512<Float16Storage, true>(y, _mm512_load_ps(half_r), restore_draws16));
+    for (int k = 0; k < 16; ++k) {
+      const float x = bit_cast<float>(patterns[k]);
+      count.differing += fp16_out[k] != narrow_stochastic<Float16Storage>(x, draws16[k]);
+      const float expected = restore_value_stochastic<Float16Storage>(x, half_r[k], restore_draws16[k]);
+      count.differing += bit_cast<uint32_t>(widened[k]) != bit_cast<uint32_t>(expected);
+    }
+    count.lanes += 32 + 16 + 16 + 16;
+  }
+  return count;
+}
+}  // namespace
+#endif
+
+TEST_CASE("The AVX-512 stochastic roundings equal narrow_stochastic on float32 patterns, NaN payloads included",
+          "[sweep][rounding]") {
+#if defined(ZOTORCH_CPU_AVX512_SWEEP)
+  if (!cpu_use_avx512_sweep()) {
+    ZOTORCH_SKIP_TEST("this CPU has no AVX-512F/BW/DQ/VL and BMI2");
+  }
+  const VectorRoundingCount count = compare_vector_stochastic_rounding();
+  INFO(count.lanes << " lanes, " << count.nan_lanes << " bfloat16 lanes NaN");
+  CHECK(count.lanes > 2000000);
+  CHECK(count.nan_lanes > 1000);
+  CHECK(count.differing == 0);
+#else
+  ZOTORCH_SKIP_TEST("built without the AVX-512 sweep (GCC on x86-64 only)");
+#endif
+}
+
 TEST_CASE("A staged sweep equals a restore sweep followed by a sweep of the rest, bit for bit", "[sweep][staged]") {
   // The fused transition's rule (sweep.h): restore terms are rounded first, as a separate restore
   // sweep stores them. Every dtype and variant; with stochastic rounding the restore rounding draws

@@ -788,6 +788,16 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE bool narrow16_bf16_hardware(__m512 
   return true;
 }
 
+/// Whether every lane of a float32 pattern lies in float16's normal range below its largest finite
+/// value, [2^-14, 65504): there the stochastic carry of narrow_stochastic<Float16Storage> never
+/// reaches inf, and adding the top 13 draw bits to the pattern then cutting its 13 low bits is a
+/// truncation toward zero.
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE bool float16_normal_lanes(__m512i bits) {
+  const __m512i rebased = _mm512_sub_epi32(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF)),
+                                           _mm512_set1_epi32(0x38800000));
+  return _mm512_cmpge_epu32_mask(rebased, _mm512_set1_epi32(0x477FE000 - 0x38800000)) == 0;
+}
+
 /// The rounding of y to the storage type, stored at o[0..15]. float16 to nearest stores the
 /// hardware conversion directly unless a lane is NaN (narrow16_avx512 gives the same bits);
 /// bfloat16 to nearest does so with HardwareBf16 (narrow16_bf16_hardware).
@@ -808,7 +818,19 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void store16_avx512(uint16_t* o, __
   }
   __m512i rounded;
   if constexpr (Stochastic) {
-    rounded = narrow16_stochastic_avx512<Storage>(y, load_bits16_avx512(bits16));
+    const __m512i draws = load_bits16_avx512(bits16);
+    if constexpr (std::is_same_v<Storage, Float16Storage>) {
+      // In float16's normal range the carry is the draw's top 13 bits added to y's pattern, and the
+      // cut is the hardware's conversion toward zero (float16_normal_lanes): the same bits as the
+      // integer carry, packed by the conversion itself.
+      const __m512i bits = _mm512_castps_si512(y);
+      if (float16_normal_lanes(bits)) {
+        const __m512 carried = _mm512_castsi512_ps(_mm512_add_epi32(bits, _mm512_srli_epi32(draws, 3)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtps_ph(carried, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        return;
+      }
+    }
+    rounded = narrow16_stochastic_avx512<Storage>(y, draws);
   } else {
     (void)bits16;
     rounded = narrow16_avx512<Storage>(y);
@@ -832,7 +854,17 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored16_avx512(__m512 x, 
     }
   }
   if constexpr (Stochastic) {
-    return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, load_bits16_avx512(bits16)));
+    const __m512i draws = load_bits16_avx512(bits16);
+    if constexpr (std::is_same_v<Storage, Float16Storage>) {
+      // In float16's normal range (float16_normal_lanes) the widened result is the carried pattern
+      // with its 13 low bits cut: no conversion either way.
+      const __m512i bits = _mm512_castps_si512(sum);
+      if (float16_normal_lanes(bits)) {
+        return _mm512_castsi512_ps(_mm512_and_si512(_mm512_add_epi32(bits, _mm512_srli_epi32(draws, 3)),
+                                                     _mm512_set1_epi32(static_cast<int>(0xFFFFE000u))));
+      }
+    }
+    return widen16_avx512<Storage>(narrow16_stochastic_avx512<Storage>(sum, draws));
   } else {
     (void)bits16;
     return widen16_avx512<Storage>(narrow16_avx512<Storage>(sum));
@@ -926,6 +958,135 @@ ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx512(
       }
       const __m512 y = _mm512_add_ps(_mm512_mul_ps(keep_v, x), direction);
       store16_avx512<Storage, Stochastic, HardwareBf16>(o + i, y, bits16 + (Stochastic ? i : 0));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stochastically rounded bfloat16 Rademacher passes on element pairs (docs/performance.md
+// "Stochastic rounding on element pairs"). One 512-bit load holds 32 elements: 32-bit lane k holds
+// element 2k in its low half and element 2k + 1 in its high half. rounding_bits16 pairs the draws
+// the same way (element 2k takes the low half of a word, 2k + 1 its high half), so the draws of the
+// 32 elements are 16 words already in lane order: an and or a shift, no shuffle. The sign masks of
+// the even and the odd elements are the alternate bits of the Rademacher word (pext), a bfloat16
+// widens with a shift or an and, and the two rounded halves merge into one store. Lane for lane the
+// arithmetic is finish16_avx512's; tests/test_sweep_cpu.cpp compares the bits. float16 stays on
+// finish16_avx512: its hardware widening of 16 consecutive values is cheaper than the integer one
+// pairs would need.
+#define ZOTORCH_CPU_AVX512_PAIRS_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2")))
+
+/// Widen, restore rounding and final stochastic rounding of 32 bfloat16 elements held as pairs.
+struct BFloat16Pairs {
+  static ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void widen(__m512i v, __m512& even, __m512& odd) {
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  /// narrow_stochastic<BFloat16Storage> of 16 lanes, left in the upper halves (the lower halves
+  /// hold junk): the draw added to x's pattern; NaN lanes get narrow's quiet NaN, x's pattern with
+  /// bit 22 set, from the same masked instruction, so no branch.
+  static ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i carried(__m512 x, __m512i draws) {
+    const __m512i bits = _mm512_castps_si512(x);
+    const __mmask16 nan = _mm512_fpclass_ps_mask(x, 0x81);  // 0x81: quiet or signalling NaN
+    return _mm512_mask_or_epi32(_mm512_add_epi32(bits, draws), nan, bits, _mm512_set1_epi32(0x00400000));
+  }
+  /// restore_value_stochastic of 16 lanes, `draws` in the low halves: the carried pattern with its
+  /// lower half cleared is the widened result.
+  static ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512 restored(__m512 x, __m512 r, __m512i draws) {
+    return _mm512_castsi512_ps(
+        _mm512_and_si512(carried(_mm512_add_ps(x, r), draws), _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
+  }
+  /// narrow_stochastic of the even and the odd lanes, merged into 32 stored values.
+  static ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE __m512i narrow(__m512 even, __m512 odd, __m512i words) {
+    const __m512i even_carried = carried(even, _mm512_and_si512(words, _mm512_set1_epi32(0xFFFF)));
+    const __m512i odd_carried = carried(odd, _mm512_srli_epi32(words, 16));
+    return _mm512_ternarylogic_epi32(_mm512_srli_epi32(even_carried, 16), odd_carried,
+                                     _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), 0xF8);  // a | (b & c)
+  }
+};
+
+/// 32 consecutive floats split into the even and the odd elements.
+ZOTORCH_CPU_AVX512_TARGET ZOTORCH_CPU_INLINE void load_pairs_ps(const float* p, __m512& even, __m512& odd) {
+  const __m512 first = _mm512_load_ps(p), second = _mm512_load_ps(p + 16);
+  even = _mm512_permutex2var_ps(first, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), second);
+  odd = _mm512_permutex2var_ps(first, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), second);
+}
+
+/// finish16_avx512 for bfloat16 with Rademacher directions and stochastic rounding, on element
+/// pairs: the same paths (plain, Partial from s or from first_words, staged with or without stored restores).
+template <bool Partial, int Span>
+ZOTORCH_CPU_AVX512_PAIRS_TARGET ZOTORCH_CPU_NO_CONTRACT void finish_bf16_pairs_stochastic_avx512(
+    uint16_t* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan, float keep, const float* s,
+    float c, const uint32_t* last_words, bool staged, const float* restores, float cr, const uint32_t* first_words,
+    float c0) {
+  using Lanes = BFloat16Pairs;
+  const __m512 keep_v = _mm512_set1_ps(keep), c_v = _mm512_set1_ps(c), cr_v = _mm512_set1_ps(cr);
+  const __m512 sign_bit = _mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m512 zero = _mm512_setzero_ps();
+  // Sign flips of c, cr and c0 for the sums that start at 0, as in finish16_avx512.
+  const bool c_zero = c == 0.0f, cr_zero = cr == 0.0f, c0_zero = c0 == 0.0f;
+  const __m512 c_flip_v = c_zero ? zero : c_v, c_flip_bit = c_zero ? zero : sign_bit;
+  const __m512 cr_flip_v = cr_zero ? zero : cr_v, cr_flip_bit = cr_zero ? zero : sign_bit;
+  const __m512 c0_flip_v = c0_zero ? zero : _mm512_set1_ps(c0), c0_flip_bit = c0_zero ? zero : sign_bit;
+  const __m512i low_half = _mm512_set1_epi32(0xFFFF);
+  constexpr uint32_t kEvenBits = 0x55555555u, kOddBits = 0xAAAAAAAAu;
+  alignas(64) uint16_t bits16_pair[2 * kCpuChunk];
+  alignas(64) uint16_t restore_bits16_pair[2 * kCpuChunk];
+  for (int ch = 0; ch < n; ++ch) {
+    uint16_t* o = out + ch * kCpuChunk;
+    prefetch_chunk_ahead(o);
+    if (ch % 2 == 0) {
+      rounding_chunks16_avx512<2>(plan.rounding_key, tensor_id, first_chunk + ch, bits16_pair);
+      if (staged) {
+        rounding_chunks16_avx512<2>(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch,
+                                    restore_bits16_pair);
+      }
+    }
+    const uint16_t* bits16 = bits16_pair + (ch % 2) * kCpuChunk;
+    const uint16_t* restore_bits16 = restore_bits16_pair + (ch % 2) * kCpuChunk;
+    for (int q = 0; q < 4; ++q) {
+      const int i = 32 * q;
+      const uint32_t word = last_words[q * Span + ch];
+      const __mmask16 even_negative = static_cast<__mmask16>(_pext_u32(word, kEvenBits));
+      const __mmask16 odd_negative = static_cast<__mmask16>(_pext_u32(word, kOddBits));
+      __m512 x_even, x_odd;
+      Lanes::widen(_mm512_loadu_si512(o + i), x_even, x_odd);
+      __m512 direction_even, direction_odd;
+      if constexpr (Partial) {
+        __m512 partial_even, partial_odd;
+        if (first_words != nullptr) {
+          const uint32_t word0 = first_words[q * Span + ch];
+          partial_even = _mm512_mask_xor_ps(c0_flip_v, static_cast<__mmask16>(_pext_u32(word0, kEvenBits)), c0_flip_v,
+                                            c0_flip_bit);
+          partial_odd = _mm512_mask_xor_ps(c0_flip_v, static_cast<__mmask16>(_pext_u32(word0, kOddBits)), c0_flip_v,
+                                           c0_flip_bit);
+        } else {
+          load_pairs_ps(s + ch * kCpuChunk + i, partial_even, partial_odd);
+        }
+        direction_even = _mm512_add_ps(partial_even, _mm512_mask_xor_ps(c_v, even_negative, c_v, sign_bit));
+        direction_odd = _mm512_add_ps(partial_odd, _mm512_mask_xor_ps(c_v, odd_negative, c_v, sign_bit));
+      } else {
+        (void)s;
+        direction_even = _mm512_mask_xor_ps(c_flip_v, even_negative, c_flip_v, c_flip_bit);
+        direction_odd = _mm512_mask_xor_ps(c_flip_v, odd_negative, c_flip_v, c_flip_bit);
+      }
+      if (staged) {
+        __m512 restore_even, restore_odd;
+        if (restores != nullptr) {
+          __m512 stored_even, stored_odd;
+          load_pairs_ps(restores + ch * kCpuChunk + i, stored_even, stored_odd);
+          restore_even = _mm512_add_ps(stored_even, _mm512_mask_xor_ps(cr_v, even_negative, cr_v, sign_bit));
+          restore_odd = _mm512_add_ps(stored_odd, _mm512_mask_xor_ps(cr_v, odd_negative, cr_v, sign_bit));
+        } else {
+          restore_even = _mm512_mask_xor_ps(cr_flip_v, even_negative, cr_flip_v, cr_flip_bit);
+          restore_odd = _mm512_mask_xor_ps(cr_flip_v, odd_negative, cr_flip_v, cr_flip_bit);
+        }
+        const __m512i restore_words = _mm512_load_si512(restore_bits16 + i);
+        x_even = Lanes::restored(x_even, restore_even, _mm512_and_si512(restore_words, low_half));
+        x_odd = Lanes::restored(x_odd, restore_odd, _mm512_srli_epi32(restore_words, 16));
+      }
+      const __m512 y_even = _mm512_add_ps(_mm512_mul_ps(keep_v, x_even), direction_even);
+      const __m512 y_odd = _mm512_add_ps(_mm512_mul_ps(keep_v, x_odd), direction_odd);
+      _mm512_storeu_si512(o + i, Lanes::narrow(y_even, y_odd, _mm512_load_si512(bits16 + i)));
     }
   }
 }
@@ -1198,8 +1359,14 @@ struct CpuChunks {
             return;
           }
         }
-        finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan>(out, first_chunk, n, tensor_id, plan, keep, s, c,
-                                                                   last_words, last, staged, restores, cr, first_words, c0);
+        if constexpr (Stochastic && Dist == Distribution::Rademacher && std::is_same_v<Storage, BFloat16Storage>) {
+          finish_bf16_pairs_stochastic_avx512<Partial, kSpan>(out, first_chunk, n, tensor_id, plan, keep, s, c, last_words,
+                                                         staged, restores, cr, first_words, c0);
+        } else {
+          finish16_avx512<Storage, Dist, Stochastic, Partial, kSpan>(out, first_chunk, n, tensor_id, plan, keep, s, c,
+                                                                     last_words, last, staged, restores, cr, first_words,
+                                                                     c0);
+        }
         return;
       }
     }
@@ -1329,7 +1496,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) ZOTORCH_CPU_NO_CON
 
 inline bool cpu_use_avx512_sweep() {
   static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+                          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("bmi2");
   return has && (cpu_kernels() == CpuKernels::Best || cpu_kernels() == CpuKernels::Avx512);
 }
 #endif
