@@ -426,6 +426,100 @@ TEST_CASE("The AVX-512 stochastic roundings equal narrow_stochastic on float32 p
 #endif
 }
 
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+namespace {
+struct Avx2RoundingCount {
+  uint64_t lanes = 0;
+  uint64_t differing = 0;
+  uint64_t nan_lanes = 0;
+  uint64_t float16_normal_vectors = 0;  // vectors that took float16's conversion-toward-zero path
+};
+
+/// The roundings of the AVX2 16-bit pass against the element functions, lane by lane, on 8
+/// float32 patterns: store16_avx2 (to nearest and stochastic) against narrow / narrow_stochastic,
+/// restored16_avx2 against restore_value(_stochastic), and load_widen16_avx2 of every stored result
+/// against Storage::widen.
+template <class Storage>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_NO_CONTRACT void compare_avx2_roundings_of(const uint32_t* patterns, const float* r,
+                                                                           const uint32_t* draws,
+                                                                           const uint32_t* restore_draws,
+                                                                           Avx2RoundingCount& count) {
+  alignas(32) uint16_t nearest[8], stochastic[8];
+  alignas(32) float widened[8], restored[8], restored_stochastic[8];
+  const __m256 y = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(patterns)));
+  const __m256 r_v = _mm256_load_ps(r);
+  const __m256i draws_v = _mm256_load_si256(reinterpret_cast<const __m256i*>(draws));
+  const __m256i restore_draws_v = _mm256_load_si256(reinterpret_cast<const __m256i*>(restore_draws));
+  store16_avx2<Storage, false>(nearest, y, _mm256_setzero_si256());
+  store16_avx2<Storage, true>(stochastic, y, draws_v);
+  _mm256_store_ps(restored, restored16_avx2<Storage, false>(y, r_v, _mm256_setzero_si256()));
+  _mm256_store_ps(restored_stochastic, restored16_avx2<Storage, true>(y, r_v, restore_draws_v));
+  for (int k = 0; k < 8; ++k) {
+    const float x = bit_cast<float>(patterns[k]);
+    count.differing += nearest[k] != Storage::narrow(x);
+    count.differing += stochastic[k] != narrow_stochastic<Storage>(x, draws[k]);
+    count.differing += bit_cast<uint32_t>(restored[k]) != bit_cast<uint32_t>(restore_value<Storage>(x, r[k]));
+    count.differing += bit_cast<uint32_t>(restored_stochastic[k]) !=
+                       bit_cast<uint32_t>(restore_value_stochastic<Storage>(x, r[k], restore_draws[k]));
+    count.nan_lanes += std::isnan(x);
+  }
+  for (const uint16_t* stored : {nearest, stochastic}) {
+    _mm256_store_ps(widened, load_widen16_avx2<Storage>(stored));
+    for (int k = 0; k < 8; ++k) count.differing += bit_cast<uint32_t>(widened[k]) != bit_cast<uint32_t>(Storage::widen(stored[k]));
+  }
+  if constexpr (std::is_same_v<Storage, Float16Storage>) {
+    count.float16_normal_vectors += float16_normal_lanes_avx2(_mm256_castps_si256(y));
+  }
+  count.lanes += 8 * 6;
+}
+
+Avx2RoundingCount compare_avx2_roundings() {
+  Avx2RoundingCount count;
+  uint32_t state = 54321u;
+  const auto next = [&state] { return state = state * 1664525u + 1013904223u; };
+  alignas(32) uint32_t patterns[8], draws[8], restore_draws[8];
+  alignas(32) float r[8];
+  for (uint64_t base = 0; base < (uint64_t{1} << 32); base += 8 * 4093) {
+    for (int k = 0; k < 8; ++k) {
+      patterns[k] = static_cast<uint32_t>(base + static_cast<uint64_t>(k) * 509u) ^ (next() & 0xFFFFu);
+      draws[k] = next() >> 16;
+      restore_draws[k] = next() >> 16;
+      r[k] = bit_cast<float>(patterns[k]) * 0.001f;
+    }
+    compare_avx2_roundings_of<BFloat16Storage>(patterns, r, draws, restore_draws, count);
+    compare_avx2_roundings_of<Float16Storage>(patterns, r, draws, restore_draws, count);
+    // Vectors of float16-sized weights as well, so that its normal-range paths are taken.
+    for (int k = 0; k < 8; ++k) {
+      const float weight = bit_cast<float>(0x38800000u + ((patterns[k] >> 4) % (0x477FE000u - 0x38800000u))) *
+                           ((patterns[k] & 1u) != 0u ? -1.0f : 1.0f);
+      patterns[k] = bit_cast<uint32_t>(weight);
+      r[k] = weight * 0.001f;
+    }
+    compare_avx2_roundings_of<Float16Storage>(patterns, r, draws, restore_draws, count);
+  }
+  return count;
+}
+}  // namespace
+#endif
+
+TEST_CASE("The AVX2 16-bit roundings equal the element functions on float32 patterns, NaN payloads included",
+          "[sweep][rounding]") {
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+  if (!cpu_use_avx2_f16c()) {
+    ZOTORCH_SKIP_TEST("this CPU has no AVX2 and F16C");
+  }
+  const Avx2RoundingCount count = compare_avx2_roundings();
+  INFO(count.lanes << " lanes, " << count.nan_lanes << " NaN, " << count.float16_normal_vectors
+                   << " vectors in float16's normal range");
+  CHECK(count.lanes > 5000000);
+  CHECK(count.nan_lanes > 1000);
+  CHECK(count.float16_normal_vectors > 100000);
+  CHECK(count.differing == 0);
+#else
+  ZOTORCH_SKIP_TEST("built without the AVX2 kernels (GCC or Clang on x86-64 only)");
+#endif
+}
+
 TEST_CASE("A staged sweep equals a restore sweep followed by a sweep of the rest, bit for bit", "[sweep][staged]") {
   // The fused transition's rule (sweep.h): restore terms are rounded first, as a separate restore
   // sweep stores them. Every dtype and variant; with stochastic rounding the restore rounding draws
@@ -452,7 +546,7 @@ TEST_CASE("A staged sweep equals a restore sweep followed by a sweep of the rest
             const ParamTable expected = clone_table(start);
             apply_sweep(expected, restore);
             apply_sweep(expected, rest);
-            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx512, CpuKernels::Best}) {
+            for (CpuKernels kernels : {CpuKernels::Portable, CpuKernels::Avx2, CpuKernels::Avx512, CpuKernels::Best}) {
               cpu_kernels() = kernels;
               const ParamTable swept = clone_table(start);
               apply_sweep(swept, fused);

@@ -635,6 +635,295 @@ ZOTORCH_CPU_INLINE void prefetch_chunk_ahead(const S* chunk) {
 #endif
 }
 
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+// ---------------------------------------------------------------------------------------------
+// The 16-bit pass over θ for CPUs with AVX2 but no AVX-512 (docs/performance.md "16-bit sweeps on
+// AVX2"): the loop GCC auto-vectorises for AVX2 converts between uint16 storage and float lanes
+// one element at a time. Here 8 elements take one 128-bit load, float16 converts with F16C
+// (every AVX2 CPU has it; it is checked at run time all the same), and the widen / round to nearest
+// / stochastic rounding of sweep.h are spelled in vector operations in the same order, as
+// finish16_avx512 spells them on 16 lanes, so every bit equals the portable build's
+// (tests/test_sweep_cpu.cpp compares them).
+#define ZOTORCH_CPU_AVX2_F16C_TARGET __attribute__((target("avx2,f16c")))
+
+/// Whether the CPU converts between float16 and float32 in hardware (F16C) and the kernels in use
+/// allow AVX2; the 16-bit passes below need it.
+inline bool cpu_use_avx2_f16c() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  return has && cpu_kernels() != CpuKernels::Portable;
+}
+
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256i splat_avx2(uint32_t value) {
+  return _mm256_set1_epi32(static_cast<int>(value));
+}
+
+/// All-ones in the lanes whose float32 pattern is a NaN.
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256i nan_lanes_avx2(__m256i bits) {
+  return _mm256_cmpgt_epi32(_mm256_and_si256(bits, splat_avx2(0x7FFFFFFFu)), splat_avx2(0x7F800000u));
+}
+
+/// 8 lanes of 16-bit patterns (each at most 0xFFFF) packed into 8 consecutive uint16.
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m128i pack16_avx2(__m256i patterns) {
+  return _mm_packus_epi32(_mm256_castsi256_si128(patterns), _mm256_extracti128_si256(patterns, 1));
+}
+
+/// Storage::widen of 8 lanes of 16-bit patterns. float16 converts in hardware, exact for every
+/// number; inf and NaN lanes are rebuilt as Float16Storage::widen spells them (the hardware would
+/// quieten a signalling NaN).
+template <class Storage>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256 widen16_avx2(__m256i h) {
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+  } else {
+    const __m256 converted = _mm256_cvtph_ps(pack16_avx2(h));
+    const __m256i special = _mm256_cmpeq_epi32(_mm256_and_si256(h, splat_avx2(0x7C00u)), splat_avx2(0x7C00u));
+    const __m256i rebuilt = _mm256_or_si256(
+        _mm256_slli_epi32(_mm256_and_si256(h, splat_avx2(0x8000u)), 16),
+        _mm256_or_si256(splat_avx2(0x7F800000u), _mm256_slli_epi32(_mm256_and_si256(h, splat_avx2(0x3FFu)), 13)));
+    return _mm256_blendv_ps(converted, _mm256_castsi256_ps(rebuilt), _mm256_castsi256_ps(special));
+  }
+}
+
+/// Storage::narrow (round to nearest even) of 8 lanes, the 16-bit patterns in 32-bit lanes. float16
+/// converts in hardware (the same numbers as Float16Storage::narrow); NaN lanes become the quiet NaN
+/// narrow returns.
+template <class Storage>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256i narrow16_avx2(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  const __m256i nan = nan_lanes_avx2(bits);
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    const __m256i high = _mm256_srli_epi32(bits, 16);
+    const __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(bits, splat_avx2(0x7FFFu)), _mm256_and_si256(high, splat_avx2(1u))), 16);
+    return _mm256_blendv_epi8(rounded, _mm256_or_si256(high, splat_avx2(0x0040u)), nan);
+  } else {
+    const __m256i converted =
+        _mm256_cvtepu16_epi32(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i quiet_nan =
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(bits, 16), splat_avx2(0x8000u)), splat_avx2(0x7E00u));
+    return _mm256_blendv_epi8(converted, quiet_nan, nan);
+  }
+}
+
+/// narrow_stochastic<Storage> of 8 lanes, operation for operation; `draws` holds each lane's 16
+/// random bits.
+template <class Storage>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256i narrow16_stochastic_avx2(__m256 x, __m256i draws) {
+  const __m256i bits = _mm256_castps_si256(x);
+  if constexpr (std::is_same_v<Storage, BFloat16Storage>) {
+    // The draw added below the kept half, the sum cut off; NaN lanes as narrow16_avx2 rounds them.
+    const __m256i carried = _mm256_srli_epi32(_mm256_add_epi32(bits, draws), 16);
+    return _mm256_blendv_epi8(carried, _mm256_or_si256(_mm256_srli_epi32(bits, 16), splat_avx2(0x0040u)),
+                              nan_lanes_avx2(bits));
+  } else {
+    // float16: the normal and the subnormal carry, selected by magnitude (a non-negative int32, so
+    // the signed comparisons order it); non-finite lanes as narrow16_avx2 rounds them.
+    const __m256i magnitude = _mm256_and_si256(bits, splat_avx2(0x7FFFFFFFu));
+    const __m256i finite = _mm256_cmpgt_epi32(splat_avx2(0x7F800000u), magnitude);
+    const __m256i normal_range = _mm256_cmpgt_epi32(magnitude, splat_avx2(0x387FFFFFu));
+    const __m256i sign = _mm256_and_si256(_mm256_srli_epi32(bits, 16), splat_avx2(0x8000u));
+    const __m256i normal_pattern =
+        _mm256_sub_epi32(_mm256_srli_epi32(_mm256_add_epi32(magnitude, _mm256_srli_epi32(draws, 3)), 13),
+                         splat_avx2((127u - 15u) << 10));
+    const __m256i normal = _mm256_min_epu32(normal_pattern, splat_avx2(0x7C00u));
+    // Every lane finite and in float16's normal range, as nearly all weights are: the normal carry.
+    if (_mm256_movemask_epi8(_mm256_and_si256(finite, normal_range)) == -1) return _mm256_or_si256(sign, normal);
+    const __m256i small = _mm256_min_epu32(magnitude, splat_avx2(0x38800000u));
+    const __m256i scaled =
+        _mm256_cvttps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(small), _mm256_set1_ps(1099511627776.0f)));
+    const __m256i subnormal = _mm256_srli_epi32(_mm256_add_epi32(scaled, draws), 16);
+    const __m256i rounded = _mm256_or_si256(sign, _mm256_blendv_epi8(subnormal, normal, normal_range));
+    return _mm256_blendv_epi8(narrow16_avx2<Storage>(x), rounded, finite);
+  }
+}
+
+/// Whether every lane of a float32 pattern lies in [2^-14, 65504), float16's normal range below its
+/// largest finite value, where the stochastic carry is the draw's top 13 bits added to the pattern
+/// and the cut is a truncation toward zero (float16_normal_lanes of the AVX-512 build).
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE bool float16_normal_lanes_avx2(__m256i bits) {
+  const __m256i rebased = _mm256_sub_epi32(_mm256_and_si256(bits, splat_avx2(0x7FFFFFFFu)), splat_avx2(0x38800000u));
+  const __m256i last = splat_avx2(0x477FE000u - 0x38800000u - 1u);
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_min_epu32(rebased, last), rebased)) == -1;
+}
+
+/// The 8 stored values at p, widened as widen16_avx2 widens them; float16 converts straight from
+/// the load unless a lane is inf or NaN.
+template <class Storage>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256 load_widen16_avx2(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (std::is_same_v<Storage, Float16Storage>) {
+    const __m128i exponent = _mm_set1_epi16(0x7C00);
+    if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(h, exponent), exponent)) == 0) return _mm256_cvtph_ps(h);
+  }
+  return widen16_avx2<Storage>(_mm256_cvtepu16_epi32(h));
+}
+
+/// The stochastic-rounding draws of one chunk in block order: blocks[b] holds the four Philox words
+/// of rounding block b, whose eight 16-bit halves in memory order are the draws of elements
+/// 8b .. 8b + 7 (rounding_bits16), so one zero-extending load gives them in 32-bit lanes
+/// (draws16_avx2). A 4 × 8 transpose of the Philox lanes instead of rounding_chunk's element loop.
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE void rounding_blocks_avx2(uint64_t key, uint32_t tensor_id,
+                                                                         int64_t chunk, uint32_t (*blocks)[4]) {
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kRoundingBlock);
+  alignas(32) uint32_t words[4][kBlocks];
+  philox_batch<true, kBlocks>(key, tensor_id, kRoundingProbe, static_cast<uint64_t>(chunk) * kBlocks, words);
+  for (int g = 0; g < kBlocks; g += 8) {
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[0] + g));
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[1] + g));
+    const __m256i w2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[2] + g));
+    const __m256i w3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(words[3] + g));
+    const __m256i t0 = _mm256_unpacklo_epi32(w0, w1), t1 = _mm256_unpackhi_epi32(w0, w1);  // blocks 0, 1 | 4, 5; 2, 3 | 6, 7
+    const __m256i t2 = _mm256_unpacklo_epi32(w2, w3), t3 = _mm256_unpackhi_epi32(w2, w3);
+    const __m256i block[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),   // blocks 0 | 4, 1 | 5
+                              _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};  // blocks 2 | 6, 3 | 7
+    for (int j = 0; j < 4; ++j) {
+      _mm_store_si128(reinterpret_cast<__m128i*>(blocks[g + j]), _mm256_castsi256_si128(block[j]));
+      _mm_store_si128(reinterpret_cast<__m128i*>(blocks[g + 4 + j]), _mm256_extracti128_si256(block[j], 1));
+    }
+  }
+}
+
+/// The draws of elements 8b .. 8b + 7 from rounding_blocks_avx2's output, one per 32-bit lane.
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256i draws16_avx2(const uint32_t (*blocks)[4], int b) {
+  return _mm256_cvtepu16_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(blocks[b])));
+}
+
+/// The rounding of y to the storage type, stored at o[0..7]; `draws` holds the lanes' 16-bit
+/// rounding draws (unused to nearest). float16 to nearest stores the hardware conversion unless a lane is NaN; float16
+/// stochastically rounded in its normal range is the conversion toward zero of the carried pattern.
+template <class Storage, bool Stochastic>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE void store16_avx2(uint16_t* o, __m256 y, __m256i draws) {
+  __m256i rounded;
+  if constexpr (Stochastic) {
+    if constexpr (std::is_same_v<Storage, Float16Storage>) {
+      const __m256i bits = _mm256_castps_si256(y);
+      if (float16_normal_lanes_avx2(bits)) {
+        const __m256 carried = _mm256_castsi256_ps(_mm256_add_epi32(bits, _mm256_srli_epi32(draws, 3)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(carried, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC));
+        return;
+      }
+    }
+    rounded = narrow16_stochastic_avx2<Storage>(y, draws);
+  } else {
+    (void)draws;
+    if constexpr (std::is_same_v<Storage, Float16Storage>) {
+      if (_mm256_movemask_ps(_mm256_cmp_ps(y, y, _CMP_UNORD_Q)) == 0) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        return;
+      }
+    }
+    rounded = narrow16_avx2<Storage>(y);
+  }
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(o), pack16_avx2(rounded));
+}
+
+/// restore_value(_stochastic)<Storage>(x, r) of 8 lanes.
+template <class Storage, bool Stochastic>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256 restored16_avx2(__m256 x, __m256 r, __m256i draws) {
+  const __m256 sum = _mm256_add_ps(x, r);
+  if constexpr (Stochastic) {
+    if constexpr (std::is_same_v<Storage, Float16Storage>) {
+      // In float16's normal range the widened result is the carried pattern with its 13 low bits cut.
+      const __m256i bits = _mm256_castps_si256(sum);
+      if (float16_normal_lanes_avx2(bits)) {
+        return _mm256_castsi256_ps(
+            _mm256_and_si256(_mm256_add_epi32(bits, _mm256_srli_epi32(draws, 3)), splat_avx2(0xFFFFE000u)));
+      }
+    }
+    return widen16_avx2<Storage>(narrow16_stochastic_avx2<Storage>(sum, draws));
+  } else {
+    (void)draws;
+    if constexpr (std::is_same_v<Storage, Float16Storage>) {
+      // Both hardware conversions, as store16_avx2 and load_widen16_avx2 take them, unless a lane is NaN.
+      if (_mm256_movemask_ps(_mm256_cmp_ps(sum, sum, _CMP_UNORD_Q)) == 0) {
+        return _mm256_cvtph_ps(_mm256_cvtps_ph(sum, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      }
+    }
+    return widen16_avx2<Storage>(narrow16_avx2<Storage>(sum));
+  }
+}
+
+/// The sign bits of 8 consecutive Rademacher elements: lane k holds float32's sign bit where bit
+/// first_bit + k of `word` is set (rademacher_sign_mask), else 0. One variable shift moves each
+/// lane's bit to the top.
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_INLINE __m256 sign_bits_avx2(uint32_t word, int first_bit) {
+  const __m256i to_top = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+  return _mm256_castsi256_ps(_mm256_and_si256(
+      _mm256_sllv_epi32(splat_avx2(word >> first_bit), to_top), splat_avx2(0x80000000u)));
+}
+
+/// finish16_avx512 on 8 lanes: the final pass over θ of a 16-bit linear sweep for chunks
+/// first_chunk .. + n − 1 (CpuChunks::finish_linear's paths with a last term), element for element.
+template <class Storage, Distribution Dist, bool Stochastic, bool Partial, int Span>
+ZOTORCH_CPU_AVX2_F16C_TARGET ZOTORCH_CPU_NO_CONTRACT void finish16_avx2(
+    uint16_t* out, int64_t first_chunk, int n, uint32_t tensor_id, const SweepPlan& plan, float keep, const float* s,
+    float c, const uint32_t* last_words, const SweepTerm* last, bool staged, const float* restores, float cr,
+    const uint32_t* first_words = nullptr, float c0 = 0.0f) {
+  const __m256 keep_v = _mm256_set1_ps(keep), c_v = _mm256_set1_ps(c), cr_v = _mm256_set1_ps(cr);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 sign_bit = _mm256_castsi256_ps(splat_avx2(0x80000000u));
+  // 0 + (±c) is a sign flip of c' = (c == 0 ? +0 : c) by (c == 0 ? nothing : the sign bit), as in
+  // finish16_avx512; likewise for cr and c0.
+  const bool c_zero = c == 0.0f, cr_zero = cr == 0.0f, c0_zero = c0 == 0.0f;
+  const __m256 c_flip_v = c_zero ? zero : c_v, c_flip_bit = c_zero ? zero : sign_bit;
+  const __m256 cr_flip_v = cr_zero ? zero : cr_v, cr_flip_bit = cr_zero ? zero : sign_bit;
+  const __m256 c0_flip_v = c0_zero ? zero : _mm256_set1_ps(c0), c0_flip_bit = c0_zero ? zero : sign_bit;
+  constexpr int kBlocks = static_cast<int>(kCpuChunk / kRoundingBlock);
+  alignas(32) uint32_t blocks[Stochastic ? kBlocks : 1][4];
+  alignas(32) uint32_t restore_blocks[Stochastic ? kBlocks : 1][4];
+  for (int ch = 0; ch < n; ++ch) {
+    uint16_t* o = out + ch * kCpuChunk;
+    const float* sc = s + ch * kCpuChunk;
+    prefetch_chunk_ahead(o);
+    if constexpr (Stochastic) {
+      rounding_blocks_avx2(plan.rounding_key, tensor_id, first_chunk + ch, blocks);
+      if (staged) rounding_blocks_avx2(restore_rounding_key(plan.rounding_key), tensor_id, first_chunk + ch, restore_blocks);
+    }
+    alignas(32) float z[Dist == Distribution::Gaussian ? kCpuChunk : 1];
+    if constexpr (Dist == Distribution::Gaussian) gaussian_chunk_avx2(last->key, tensor_id, last->probe, first_chunk + ch, z);
+    for (int i = 0; i < kCpuChunk; i += 8) {
+      __m256 direction, restore = zero;
+      const __m256 x_in = load_widen16_avx2<Storage>(o + i);
+      if constexpr (Dist == Distribution::Rademacher) {
+        const __m256 negative = sign_bits_avx2(last_words[(i / 32) * Span + ch], i % 32);
+        if constexpr (Partial) {
+          __m256 partial;
+          if (first_words != nullptr) {
+            const __m256 negative0 = sign_bits_avx2(first_words[(i / 32) * Span + ch], i % 32);
+            partial = _mm256_xor_ps(c0_flip_v, _mm256_and_ps(negative0, c0_flip_bit));  // = 0 + c0·z0
+          } else {
+            partial = _mm256_load_ps(sc + i);
+          }
+          direction = _mm256_add_ps(partial, _mm256_xor_ps(c_v, negative));
+        } else {
+          direction = _mm256_xor_ps(c_flip_v, _mm256_and_ps(negative, c_flip_bit));  // = 0 + c·z
+        }
+        if (staged) {
+          if (restores != nullptr) {
+            restore = _mm256_add_ps(_mm256_load_ps(restores + ch * kCpuChunk + i), _mm256_xor_ps(cr_v, negative));
+          } else {
+            restore = _mm256_xor_ps(cr_flip_v, _mm256_and_ps(negative, cr_flip_bit));  // = 0 + cr·z
+          }
+        }
+      } else {
+        const __m256 z_v = _mm256_load_ps(z + i);
+        direction = _mm256_add_ps(Partial ? _mm256_load_ps(sc + i) : zero, _mm256_mul_ps(c_v, z_v));
+        if (staged) {
+          const __m256 stored = restores != nullptr ? _mm256_load_ps(restores + ch * kCpuChunk + i) : zero;
+          restore = _mm256_add_ps(stored, _mm256_mul_ps(cr_v, z_v));
+        }
+      }
+      const __m256i no_draws = _mm256_setzero_si256();
+      const __m256 x =
+          staged ? restored16_avx2<Storage, Stochastic>(x_in, restore, Stochastic ? draws16_avx2(restore_blocks, i / 8) : no_draws)
+                 : x_in;
+      const __m256 y = _mm256_add_ps(_mm256_mul_ps(keep_v, x), direction);
+      store16_avx2<Storage, Stochastic>(o + i, y, Stochastic ? draws16_avx2(blocks, i / 8) : no_draws);
+    }
+  }
+}
+#endif  // ZOTORCH_CPU_AVX2_DISPATCH
+
 #if defined(ZOTORCH_CPU_AVX512_SWEEP)
 // ---------------------------------------------------------------------------------------------
 // The 16-bit pass over θ in AVX-512 intrinsics (docs/performance.md "16-bit sweeps"):
@@ -1367,6 +1656,15 @@ struct CpuChunks {
                                                                      last_words, last, staged, restores, cr, first_words,
                                                                      c0);
         }
+        return;
+      }
+    }
+#endif
+#if defined(ZOTORCH_CPU_AVX2_DISPATCH)
+    if constexpr (Avx2 && !Avx512 && Storage::is_16_bit) {
+      if (last != nullptr && cpu_use_avx2_f16c()) {
+        finish16_avx2<Storage, Dist, Stochastic, Partial, kSpan>(out, first_chunk, n, tensor_id, plan, keep, s, c,
+                                                                 last_words, last, staged, restores, cr, first_words, c0);
         return;
       }
     }
