@@ -25,6 +25,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__) && \
     !defined(ZOTORCH_NO_CPU_DISPATCH)
 #define ZOTORCH_CPU_AVX2_DISPATCH 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -649,7 +650,11 @@ ZOTORCH_CPU_INLINE void prefetch_chunk_ahead(const S* chunk) {
 /// Whether the CPU converts between float16 and float32 in hardware (F16C) and the kernels in use
 /// allow AVX2; the 16-bit passes below need it.
 inline bool cpu_use_avx2_f16c() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  // F16C from CPUID leaf 1 (ECX bit 29): Clang's __builtin_cpu_supports does not know "f16c".
+  static const bool has = [] {
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx2") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+  }();
   return has && cpu_kernels() != CpuKernels::Portable;
 }
 
